@@ -1,0 +1,18 @@
+//! Murmuration's API: the `LoadTest`, `Throttle` and `Coordinator` custom resources
+//! (group `murmuration.dev`, version `v1alpha1`), the units manifests are written in, and
+//! the CRD definitions generated from these types.
+//!
+//! This crate is shared by the operator, the master and the agents; it pulls in no load
+//! engine and no Kubernetes client.
+#![warn(missing_docs)]
+
+pub mod coordinator;
+pub mod crd;
+pub mod loadtest;
+pub mod schema;
+pub mod throttle;
+pub mod units;
+
+pub use coordinator::{Coordinator, CoordinatorSpec, CoordinatorStatus};
+pub use loadtest::{LoadTest, LoadTestSpec, LoadTestStatus};
+pub use throttle::{Throttle, ThrottleSpec, ThrottleStatus};

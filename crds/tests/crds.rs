@@ -1,0 +1,120 @@
+//! The committed CRD YAML matches the Rust types, installs on Kubernetes 1.20 (nothing newer
+//! in it), and documents every field for `kubectl explain`.
+
+use murmuration_crds::crd;
+use serde_json::Value;
+use std::path::PathBuf;
+
+fn manifests_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../manifests/crds")
+}
+
+#[test]
+fn committed_crd_yaml_is_up_to_date() {
+    for (file, def) in crd::all() {
+        let path = manifests_dir().join(file);
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == crd::to_yaml(&def),
+            "{} is stale: run `cargo run -p murmuration-crds --bin crdgen` and commit the result",
+            path.display()
+        );
+    }
+}
+
+/// Walks every schema node, calling `f(path, node)`.
+fn walk(path: &str, node: &Value, f: &mut dyn FnMut(&str, &serde_json::Map<String, Value>)) {
+    if let Value::Object(map) = node {
+        f(path, map);
+        for (k, v) in map {
+            match v {
+                Value::Object(_) => walk(&format!("{path}.{k}"), v, f),
+                Value::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        walk(&format!("{path}.{k}[{i}]"), item, f)
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+#[test]
+fn crds_use_nothing_newer_than_kubernetes_1_20() {
+    // Schema keywords and CRD fields that a 1.20 API server rejects or silently drops.
+    let too_new = [
+        "x-kubernetes-validations", // CEL, 1.25+
+        "messageExpression",
+        "selectableFields", // 1.30+
+        "$ref",
+        "definitions",
+        "$defs",
+        "const",
+    ];
+    for (file, def) in crd::all() {
+        let json = serde_json::to_value(&def).unwrap();
+        walk(file, &json, &mut |path, map| {
+            for key in too_new {
+                assert!(!map.contains_key(key), "{path} uses {key}, not available on 1.20");
+            }
+            // Structural schemas forbid additionalProperties next to properties.
+            assert!(
+                !(map.contains_key("properties") && map.contains_key("additionalProperties")),
+                "{path}: properties and additionalProperties together are not structural"
+            );
+            if let Some(Value::Bool(false)) = map.get("additionalProperties") {
+                panic!("{path}: additionalProperties: false is not allowed in a CRD schema");
+            }
+        });
+        let version = &json["spec"]["versions"][0];
+        assert_eq!(json["apiVersion"], "apiextensions.k8s.io/v1", "{file}");
+        assert_eq!(version["name"], "v1alpha1");
+        assert!(version["subresources"]["status"].is_object(), "{file} has /status");
+    }
+}
+
+#[test]
+fn every_spec_field_is_documented_for_kubectl_explain() {
+    for (file, def) in crd::all() {
+        let json = serde_json::to_value(&def).unwrap();
+        let spec = &json["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        walk(&format!("{file}:spec"), spec, &mut |path, map| {
+            if let Some(Value::Object(props)) = map.get("properties") {
+                for (name, prop) in props {
+                    let ok = prop.get("description").and_then(Value::as_str).is_some_and(|d| d.len() > 5);
+                    assert!(ok, "{path}.{name} has no description");
+                }
+            }
+        });
+    }
+}
+
+#[test]
+fn loadtest_has_scale_subresource_short_names_and_columns() {
+    let def = crd::all().into_iter().find(|(f, _)| f.starts_with("loadtests")).unwrap().1;
+    let json = serde_json::to_value(&def).unwrap();
+    assert_eq!(json["spec"]["names"]["shortNames"][0], "lt");
+    let v = &json["spec"]["versions"][0];
+    assert_eq!(v["subresources"]["scale"]["specReplicasPath"], ".spec.users");
+    assert_eq!(v["subresources"]["scale"]["statusReplicasPath"], ".status.users.running");
+    let columns: Vec<&str> = v["additionalPrinterColumns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(columns, ["Phase", "Users", "Running", "Agents", "RPS", "P99", "Result", "Age"]);
+    let users = &v["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["users"];
+    assert_eq!(users["minimum"].as_f64(), Some(0.0), "negative users rejected by the API server");
+    assert_eq!(users["format"], "int32", "the scale subresource needs int32");
+}
+
+#[test]
+fn short_names_of_throttle_and_coordinator() {
+    let names: Vec<String> = crd::all()
+        .iter()
+        .map(|(_, d)| d.spec.names.short_names.clone().unwrap_or_default().join(","))
+        .collect();
+    assert_eq!(names, ["lt", "thr", "coord"]);
+}
