@@ -1,0 +1,1 @@
+//! The messaging scenario (amoc Livebook demo).

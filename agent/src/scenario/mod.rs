@@ -1,0 +1,298 @@
+//! The scenario model of amoc: `init` once per test, `start` for each user (with its unique
+//! integer id), optional `terminate`. A scenario is a small piece of Rust; the engine runs
+//! it for every user as a lightweight task, and the [`User`] handle gives it the test's
+//! variables, throttles, coordinators and metrics.
+//!
+//! ```no_run
+//! use murmuration_agent::scenario::{InitContext, Scenario, ScenarioError, User};
+//!
+//! struct Ping;
+//!
+//! impl Scenario for Ping {
+//!     type State = murmuration_agent::metrics::StepId;
+//!     async fn init(&self, ctx: &InitContext) -> Result<Self::State, ScenarioError> {
+//!         Ok(ctx.step("ping"))
+//!     }
+//!     async fn start(&self, user: &mut User, step: &Self::State) -> Result<(), ScenarioError> {
+//!         let t = user.now();
+//!         // ... talk to the system under test ...
+//!         user.record(*step, t, None);
+//!         Ok(())
+//!     }
+//! }
+//! ```
+
+pub mod http;
+pub mod messaging;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use rand::rngs::SmallRng;
+
+use crate::coordinator::{Coordination, CoordinatorError, Coordinators};
+use crate::metrics::{ErrorKind, StepId, StepNames, WorkerMetrics};
+use crate::throttle::{Permit, Throttles};
+
+/// A user's unique integer id: 1..=users.
+pub type UserId = u64;
+
+/// Scenario variables (`spec.vars`), replaced as a whole when they change at runtime.
+pub type Vars = serde_json::Map<String, serde_json::Value>;
+
+/// A boxed future, as scenarios are stored behind trait objects.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why a scenario could not initialise, or why a user's run ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    /// The scenario's configuration is wrong (a bad address, a missing variable). Reported
+    /// before any user starts.
+    #[error("{0}")]
+    Config(String),
+    /// The user cannot go on (its failures are already counted in the step metrics).
+    #[error("{kind:?}: {message}")]
+    User {
+        /// What kind of failure ended it.
+        kind: ErrorKind,
+        /// For logs.
+        message: String,
+    },
+    /// A `throttle` or `coordinate` step named something that does not exist.
+    #[error("{0}")]
+    Unknown(String),
+}
+
+/// A load-test scenario in the style of amoc: `init` once, `start` per user.
+pub trait Scenario: Send + Sync + 'static {
+    /// Shared state returned by `init` and handed to every user.
+    type State: Send + Sync + 'static;
+
+    /// Runs once per test (per agent), before any user starts. Intern step names here
+    /// ([`InitContext::step`]) so that recording costs an index, not a lookup.
+    fn init(&self, ctx: &InitContext) -> impl Future<Output = Result<Self::State, ScenarioError>> + Send;
+
+    /// Runs one iteration of one user. The engine calls it again per `spec.repeat`; a
+    /// graceful removal lets the current iteration finish, a forced one drops it.
+    fn start(&self, user: &mut User, state: &Self::State) -> impl Future<Output = Result<(), ScenarioError>> + Send;
+
+    /// Runs once at the end of the test (per agent).
+    fn terminate(&self, _state: &Self::State) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// What `init` gets: the test's configuration and a way to name measured steps.
+pub struct InitContext {
+    /// The test environment shared by all users.
+    pub env: Arc<TestEnv>,
+    /// `scenario.custom.config` for custom scenarios; `Null` otherwise.
+    pub config: serde_json::Value,
+}
+
+impl InitContext {
+    /// The metrics id of a named step (interned once).
+    pub fn step(&self, name: &str) -> StepId {
+        self.env.steps.intern(name)
+    }
+
+    /// A variable's current value.
+    pub fn var(&self, name: &str) -> Option<serde_json::Value> {
+        self.env.vars.load().get(name).cloned()
+    }
+}
+
+/// What every user of a test shares: name, live variables, throttles, coordinators, step
+/// names.
+pub struct TestEnv {
+    /// The test's name (`metadata.name`).
+    pub name: String,
+    /// `spec.vars`, swapped as a whole on update so that readers never lock.
+    pub vars: ArcSwap<Vars>,
+    /// The test's throttles by name.
+    pub throttles: Throttles,
+    /// The test's coordinators by name.
+    pub coordinators: Coordinators,
+    /// Names of measured steps.
+    pub steps: StepNames,
+}
+
+/// One simulated user, as a scenario sees it.
+pub struct User {
+    id: UserId,
+    iteration: u64,
+    env: Arc<TestEnv>,
+    metrics: Arc<WorkerMetrics>,
+    rng: SmallRng,
+    /// When the next measured action should have started, set by a throttle permit (paced,
+    /// open-model load); used for coordinated-omission-corrected latency.
+    intended: Option<Instant>,
+    /// Values this user extracted or was given (`{{order}}`, `{{group.ids}}`).
+    pub locals: HashMap<String, serde_json::Value>,
+}
+
+impl User {
+    /// A user of `env` recording into `metrics`.
+    pub fn new(id: UserId, env: Arc<TestEnv>, metrics: Arc<WorkerMetrics>) -> User {
+        use rand::SeedableRng;
+        User {
+            id,
+            iteration: 0,
+            env,
+            metrics,
+            rng: SmallRng::seed_from_u64(id.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+            intended: None,
+            locals: HashMap::new(),
+        }
+    }
+
+    /// This user's unique id (1..=users).
+    pub fn id(&self) -> UserId {
+        self.id
+    }
+
+    /// Which run of the scenario this is for this user (0-based).
+    pub fn iteration(&self) -> u64 {
+        self.iteration
+    }
+
+    pub(crate) fn set_iteration(&mut self, i: u64) {
+        self.iteration = i;
+    }
+
+    /// The test environment.
+    pub fn env(&self) -> &Arc<TestEnv> {
+        &self.env
+    }
+
+    /// A variable's current value (sees runtime updates at once).
+    pub fn var(&self, name: &str) -> Option<serde_json::Value> {
+        self.env.vars.load().get(name).cloned()
+    }
+
+    /// This user's random number generator (seeded by its id: runs are reproducible).
+    pub fn rng(&mut self) -> &mut SmallRng {
+        &mut self.rng
+    }
+
+    /// The current time, for measuring an action with [`User::record`].
+    #[inline]
+    pub fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    /// Records an action of `step` that started at `started` and ends now, failed with
+    /// `error` if given. When a throttle paced this action, the latency from its intended
+    /// start is recorded too.
+    #[inline]
+    pub fn record(&mut self, step: StepId, started: Instant, error: Option<ErrorKind>) {
+        let now = Instant::now();
+        let intended = self.intended.take().map(|i| now.saturating_duration_since(i.min(started)));
+        self.metrics
+            .record(step, now.saturating_duration_since(started), intended, error);
+    }
+
+    /// Waits for a permit of the named throttle. The permit's intended time becomes the
+    /// reference for the next recorded action's corrected latency.
+    pub async fn throttle(&mut self, name: &str) -> Result<Permit, ScenarioError> {
+        let throttle = self
+            .env
+            .throttles
+            .get(name)
+            .ok_or_else(|| ScenarioError::Unknown(format!("no throttle named {name:?}")))?;
+        let permit = throttle.acquire().await;
+        self.intended = Some(permit.intended);
+        Ok(permit)
+    }
+
+    /// Joins the named coordinator with `data` and waits until this user's group forms.
+    pub async fn coordinate(&mut self, name: &str, data: serde_json::Value) -> Result<Coordination, ScenarioError> {
+        self.env
+            .coordinators
+            .join(name, self.id, data)
+            .await
+            .map_err(|e: CoordinatorError| ScenarioError::Unknown(e.to_string()))
+    }
+
+    /// This worker's metrics (for scenarios that record user lifecycle events).
+    pub(crate) fn metrics(&self) -> &Arc<WorkerMetrics> {
+        &self.metrics
+    }
+}
+
+/// A scenario behind a trait object, as the engine stores it.
+pub trait DynScenario: Send + Sync + 'static {
+    /// Runs `init`, returning the scenario bound to its state.
+    fn init<'a>(&'a self, ctx: &'a InitContext) -> BoxFuture<'a, Result<Arc<dyn RunningScenario>, ScenarioError>>;
+}
+
+/// A scenario after `init`: what the engine runs per user.
+pub trait RunningScenario: Send + Sync + 'static {
+    /// One iteration of one user.
+    fn start<'a>(&'a self, user: &'a mut User) -> BoxFuture<'a, Result<(), ScenarioError>>;
+    /// End of test.
+    fn terminate(&self) -> BoxFuture<'_, ()>;
+}
+
+struct Bound<S: Scenario> {
+    scenario: Arc<S>,
+    state: S::State,
+}
+
+impl<S: Scenario> RunningScenario for Bound<S> {
+    fn start<'a>(&'a self, user: &'a mut User) -> BoxFuture<'a, Result<(), ScenarioError>> {
+        Box::pin(self.scenario.start(user, &self.state))
+    }
+    fn terminate(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.scenario.terminate(&self.state))
+    }
+}
+
+impl<S: Scenario> DynScenario for Arc<S> {
+    fn init<'a>(&'a self, ctx: &'a InitContext) -> BoxFuture<'a, Result<Arc<dyn RunningScenario>, ScenarioError>> {
+        Box::pin(async move {
+            let state = Scenario::init(&**self, ctx).await?;
+            Ok(Arc::new(Bound {
+                scenario: self.clone(),
+                state,
+            }) as Arc<dyn RunningScenario>)
+        })
+    }
+}
+
+/// Custom scenarios by name: what `scenario: {custom: {name: ...}}` selects. Build your own
+/// `murmur` binary with [`crate::cli::main_with`] and a registry holding your scenarios.
+#[derive(Default, Clone)]
+pub struct Registry {
+    scenarios: HashMap<String, Arc<dyn DynScenario>>,
+}
+
+impl Registry {
+    /// An empty registry (the built-in `http` and `messaging` scenarios need no entry).
+    pub fn new() -> Registry {
+        Registry::default()
+    }
+
+    /// Registers `scenario` under `name`.
+    pub fn register<S: Scenario>(mut self, name: &str, scenario: S) -> Registry {
+        self.scenarios
+            .insert(name.to_owned(), Arc::new(Arc::new(scenario)));
+        self
+    }
+
+    /// The scenario registered under `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<dyn DynScenario>> {
+        self.scenarios.get(name).cloned()
+    }
+
+    /// Registered names, sorted (for error messages).
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.scenarios.keys().cloned().collect();
+        v.sort();
+        v
+    }
+}
