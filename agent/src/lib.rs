@@ -1,15 +1,14 @@
-//! Murmuration's load engine: the scenario model (amoc's `init`/`start`/`terminate`), users
-//! as lightweight tasks, the declarative `http` and `messaging` scenarios, throttles,
-//! coordinators, HDR-histogram metrics with a 1 s time series, thresholds, reports, the
-//! bundled demo targets, and the `murmur` command line.
-//!
-//! Custom scenarios: implement [`scenario::Scenario`], register it in a
-//! [`scenario::Registry`], and call [`cli::main_with`] from your own `main` (see
-//! `examples/`).
+//! Murmuration's load engine (being assembled; see the full module list in the next commit).
 #![warn(missing_docs)]
 
+pub mod client;
 pub mod coordinator;
+pub mod field;
 pub mod metrics;
-pub mod scenario;
-pub mod throttle;
 pub mod report;
+pub mod scenario;
+pub mod template;
+pub mod throttle;
+
+#[cfg(test)]
+mod test_support;

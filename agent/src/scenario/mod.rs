@@ -25,6 +25,7 @@
 pub mod http;
 pub mod messaging;
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -133,6 +134,8 @@ pub struct User {
     intended: Option<Instant>,
     /// Values this user extracted or was given (`{{order}}`, `{{group.ids}}`).
     pub locals: HashMap<String, serde_json::Value>,
+    /// What a scenario keeps for a user between iterations (its connections).
+    extension: Option<Box<dyn Any + Send>>,
 }
 
 impl User {
@@ -147,6 +150,7 @@ impl User {
             rng: SmallRng::seed_from_u64(id.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
             intended: None,
             locals: HashMap::new(),
+            extension: None,
         }
     }
 
@@ -216,6 +220,17 @@ impl User {
             .join(name, self.id, data)
             .await
             .map_err(|e: CoordinatorError| ScenarioError::Unknown(e.to_string()))
+    }
+
+    /// Takes what the scenario stored for this user between iterations (see
+    /// [`User::put_extension`]), if it is a `T`.
+    pub fn take_extension<T: Any + Send>(&mut self) -> Option<Box<T>> {
+        self.extension.take().and_then(|b| b.downcast::<T>().ok())
+    }
+
+    /// Stores per-user scenario state (connections, sessions) until the next iteration.
+    pub fn put_extension<T: Any + Send>(&mut self, value: Box<T>) {
+        self.extension = Some(value);
     }
 
     /// This worker's metrics (for scenarios that record user lifecycle events).
