@@ -98,11 +98,9 @@ impl<'de> Deserialize<'de> for GroupSize {
             }
             fn visit_u64<E: de::Error>(self, n: u64) -> Result<GroupSize, E> {
                 match u32::try_from(n) {
-                    Ok(n) if n >= 1 => Ok(GroupSize::Exactly(n)),
-                    _ => Err(E::custom(format!(
-                        "group size {n} must be between 1 and {}",
-                        u32::MAX
-                    ))),
+                    Ok(0) => Err(E::custom("group size must be at least 1")),
+                    Ok(n) => Ok(GroupSize::Exactly(n)),
+                    Err(_) => Err(E::custom(format!("group size {n} is absurdly large"))),
                 }
             }
             fn visit_i64<E: de::Error>(self, n: i64) -> Result<GroupSize, E> {
