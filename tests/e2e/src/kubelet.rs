@@ -1375,8 +1375,10 @@ async fn run_container(ctx: Arc<PodCtx>, i: usize, c: Container) {
         let mut stopping = false;
         let status = tokio::select! {
             st = &mut exit_rx => st.ok().and_then(|r| r.ok()),
-            reason = kill_rx.recv() => {
-                killed_for = reason;
+            // (Without liveness/startup probes the sender is dropped at once: that
+            // disables this branch rather than killing the container.)
+            Some(reason) = kill_rx.recv() => {
+                killed_for = Some(reason);
                 kill_group(pgid, Duration::from_secs(c_grace(&ctx)).min(ctx.shared.cfg.max_grace), &mut exit_rx).await
             }
             _ = stop.changed() => {

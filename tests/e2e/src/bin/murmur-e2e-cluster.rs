@@ -3,13 +3,32 @@
 //! runs until Ctrl-C, for trying things by hand:
 //!
 //! ```text
-//! cargo run -p murmuration-e2e --bin murmur-e2e-cluster [-- --no-kubelet]
+//! cargo run -p murmuration-e2e --bin murmur-e2e-cluster [-- --no-kubelet] [--image REPO=BINARY]...
 //! ```
+//!
+//! The kubelet maps the project's images (see `KubeletConfig::default`), and
+//! `murmuration/test-echo` to the `e2e-http-echo` binary next to this one.
 
-use murmuration_e2e::{ControlPlane, KubeletConfig};
+use murmuration_e2e::{ControlPlane, ImageRunner, KubeletConfig};
 
 fn main() -> anyhow::Result<()> {
-    let no_kubelet = std::env::args().any(|a| a == "--no-kubelet");
+    let mut no_kubelet = false;
+    let echo = murmuration_e2e::binaries::project_bin_dir().join("e2e-http-echo");
+    let mut cfg = KubeletConfig::default().image("murmuration/test-echo", ImageRunner::path(echo));
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--no-kubelet" => no_kubelet = true,
+            "--image" => {
+                let v = args.next().unwrap_or_default();
+                let (repo, bin) = v
+                    .split_once('=')
+                    .ok_or_else(|| anyhow::anyhow!("--image wants REPO=BINARY, got {v:?}"))?;
+                cfg = cfg.image(repo, ImageRunner::path(bin));
+            }
+            other => anyhow::bail!("unknown argument {other:?}"),
+        }
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -19,7 +38,7 @@ fn main() -> anyhow::Result<()> {
         let kubelet = if no_kubelet {
             None
         } else {
-            Some(cp.start_kubelet(KubeletConfig::default()).await?)
+            Some(cp.start_kubelet(cfg).await?)
         };
         anyhow::Ok((cp, kubelet))
     })?;
