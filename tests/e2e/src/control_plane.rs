@@ -124,7 +124,7 @@ impl ControlPlane {
         }
         let started = Instant::now();
         let bin = k8s_bin_dir()?;
-        remove_stale_dirs();
+        remove_stale_runs();
         let dir = make_run_dir()?;
         let dir_guard = procs::register(Cleanup::RemoveDir(dir.clone()));
         let mut cp = ControlPlane {
@@ -708,8 +708,19 @@ fn etcd_data_dir(dir: &Path) -> Result<PathBuf> {
     Ok(d)
 }
 
-/// Removes the run dirs of dead processes (crashed or killed runs). Dirs kept for a
-/// post-mortem (a `KEEP` file) go after a day.
+/// Removes what crashed or killed runs left: their `/etc/hosts` blocks and their temp dirs
+/// (dirs kept for a post-mortem, with a `KEEP` file, go after a day). Their processes are
+/// already gone: the kernel killed them with their parent. Done at every start.
+pub fn remove_stale_runs() {
+    if let Err(e) = crate::hosts::remove_stale_blocks(&crate::hosts::hosts_file()) {
+        eprintln!(
+            "murmuration-e2e: cannot clean stale blocks of {}: {e}",
+            crate::hosts::hosts_file().display()
+        );
+    }
+    remove_stale_dirs();
+}
+
 fn remove_stale_dirs() {
     for base in [run_base_dir(), PathBuf::from("/dev/shm")] {
         let Ok(rd) = std::fs::read_dir(&base) else {

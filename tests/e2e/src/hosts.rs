@@ -42,6 +42,9 @@ struct Inner {
     path: PathBuf,
     run_id: String,
     last: Mutex<Option<String>>,
+    /// Set (under the file lock) once the block is removed for good: later writes are
+    /// dropped, so a kubelet still running during an interruption cannot write it back.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl HostsBlock {
@@ -52,10 +55,11 @@ impl HostsBlock {
             path,
             run_id: run_id.to_string(),
             last: Mutex::new(None),
+            closed: std::sync::atomic::AtomicBool::new(false),
         });
         let for_cleanup = inner.clone();
         let guard = procs::register(Cleanup::Action(Box::new(move || {
-            let _ = for_cleanup.write(None);
+            let _ = for_cleanup.close();
         })));
         inner.write(None)?;
         Ok(HostsBlock {
@@ -94,7 +98,7 @@ impl HostsBlock {
 
 impl Drop for HostsBlock {
     fn drop(&mut self) {
-        if let Err(e) = self.inner.write(None) {
+        if let Err(e) = self.inner.close() {
             eprintln!(
                 "murmuration-e2e: could not remove block {} from {}: {e}",
                 self.inner.run_id,
@@ -105,9 +109,25 @@ impl Drop for HostsBlock {
 }
 
 impl Inner {
+    /// Removes the block for good.
+    fn close(&self) -> std::io::Result<()> {
+        self.write_locked(None, true)
+    }
+
     /// Rewrites the file with this block set to `body` (None: removed).
     fn write(&self, body: Option<&str>) -> std::io::Result<()> {
+        self.write_locked(body, false)
+    }
+
+    fn write_locked(&self, body: Option<&str>, close: bool) -> std::io::Result<()> {
+        use std::sync::atomic::Ordering;
         let _lock = FileLock::acquire(&lock_path(&self.path))?;
+        if close {
+            self.closed.store(true, Ordering::SeqCst);
+        } else if self.closed.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let body = if close { None } else { body };
         let current = std::fs::read_to_string(&self.path).unwrap_or_default();
         let mut out = strip_blocks(&current, &self.run_id);
         if let Some(body) = body {
@@ -129,6 +149,21 @@ impl Inner {
         *self.last.lock().unwrap_or_else(|e| e.into_inner()) = body.map(str::to_string);
         Ok(())
     }
+}
+
+/// Removes the blocks of dead processes (crashed or killed runs) from `path`.
+pub fn remove_stale_blocks(path: &Path) -> std::io::Result<()> {
+    let _lock = FileLock::acquire(&lock_path(path))?;
+    let current = match std::fs::read_to_string(path) {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let out = strip_blocks(&current, "");
+    if out != current {
+        atomic_write(path, &out)?;
+    }
+    Ok(())
 }
 
 /// Removes the block of `run_id` and every block whose owner pid is dead.

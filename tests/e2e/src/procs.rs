@@ -52,6 +52,9 @@ fn spawner() -> &'static Mutex<mpsc::Sender<SpawnRequest>> {
 /// The returned child's pid is also its process group id.
 pub fn spawn_guarded(mut cmd: Command) -> io::Result<Child> {
     install_cleanup_hooks();
+    if shutting_down() {
+        return Err(io::Error::other("the test process is shutting down"));
+    }
     let parent = std::process::id() as libc::pid_t;
     cmd.process_group(0);
     // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) between fork and exec.
@@ -178,6 +181,12 @@ pub fn register(c: Cleanup) -> CleanupGuard {
 }
 
 static RUNNING_ALL: AtomicBool = AtomicBool::new(false);
+static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
+
+/// True once a signal or the process exit started the cleanups: nothing new is started.
+pub fn shutting_down() -> bool {
+    SHUTTING_DOWN.load(Ordering::SeqCst)
+}
 
 /// Runs every registered cleanup, newest first (kills before directory removals of the
 /// same owner, since owners register their dirs first).
@@ -214,6 +223,7 @@ pub fn run_all_cleanups() {
 }
 
 extern "C" fn at_exit() {
+    SHUTTING_DOWN.store(true, Ordering::SeqCst);
     run_all_cleanups();
 }
 
@@ -234,6 +244,7 @@ fn install_cleanup_hooks() {
                             eprintln!(
                                 "murmuration-e2e: signal {sig}: stopping the control plane and test pods"
                             );
+                            SHUTTING_DOWN.store(true, Ordering::SeqCst);
                             run_all_cleanups();
                             let _ = signal_hook::low_level::emulate_default_handler(sig);
                             std::process::exit(128 + sig);
