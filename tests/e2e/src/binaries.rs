@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, OnceLock};
+use std::time::SystemTime;
 
 use crate::error::{Error, Result};
 
@@ -109,9 +110,13 @@ fn profile() -> String {
 
 /// Path of the project binary `bin` from package `package`, built if needed.
 ///
-/// Runs `cargo build -p <package> --bin <bin>` (same profile as the test) once per process
-/// so that a test never runs a stale binary; set `MURMURATION_E2E_NO_CARGO_BUILD=1` to use
-/// what is there as is.
+/// The binary in the test's target dir is used as is when it is newer than every source
+/// file of its package and of the package's path dependencies (`cargo test --workspace`
+/// builds the bins of packages that have integration tests). Otherwise `cargo build -p
+/// <package> --bin <bin>` (same profile) runs first, once per process, so a test never runs
+/// a stale binary. That build can take minutes when its feature set differs from the test
+/// build's, so a test should call this before any deadline starts.
+/// `MURMURATION_E2E_NO_CARGO_BUILD=1` uses what is there as is.
 pub fn project_binary(package: &str, bin: &str) -> Result<PathBuf> {
     static BUILT: OnceLock<Mutex<HashMap<String, Result<PathBuf, String>>>> = OnceLock::new();
     let key = format!("{package}/{bin}");
@@ -126,6 +131,76 @@ pub fn project_binary(package: &str, bin: &str) -> Result<PathBuf> {
     r.map_err(Error::Setup)
 }
 
+/// Newest modification time of the sources of `package` and its path dependencies
+/// (from `cargo metadata`), with the workspace's Cargo.toml and Cargo.lock.
+fn newest_source(package: &str) -> Result<SystemTime, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(workspace_root())
+        .args([
+            "metadata",
+            "--no-deps",
+            "--format-version",
+            "1",
+            "--offline",
+        ])
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run cargo metadata: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("cargo metadata failed ({})", out.status));
+    }
+    let meta: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("cargo metadata output: {e}"))?;
+    let packages = meta["packages"].as_array().cloned().unwrap_or_default();
+    let dir_of = |name: &str| -> Option<(PathBuf, Vec<PathBuf>)> {
+        let p = packages.iter().find(|p| p["name"] == name)?;
+        let dir = Path::new(p["manifest_path"].as_str()?)
+            .parent()?
+            .to_path_buf();
+        let deps = p["dependencies"]
+            .as_array()
+            .map(|d| {
+                d.iter()
+                    .filter_map(|d| d["path"].as_str().map(PathBuf::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some((dir, deps))
+    };
+    let (dir, deps) =
+        dir_of(package).ok_or_else(|| format!("package {package} is not in the workspace"))?;
+    let mut dirs = vec![dir];
+    dirs.extend(deps);
+    let root = workspace_root();
+    let mut newest = SystemTime::UNIX_EPOCH;
+    for f in [root.join("Cargo.toml"), root.join("Cargo.lock")] {
+        if let Ok(t) = std::fs::metadata(&f).and_then(|m| m.modified()) {
+            newest = newest.max(t);
+        }
+    }
+    let mut stack = dirs;
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name();
+            if name == "target" || name == ".git" {
+                continue;
+            }
+            let Ok(m) = e.metadata() else { continue };
+            if m.is_dir() {
+                stack.push(e.path());
+            } else if let Ok(t) = m.modified() {
+                newest = newest.max(t);
+            }
+        }
+    }
+    Ok(newest)
+}
+
 fn build_project_binary(package: &str, bin: &str, path: &Path) -> Result<PathBuf, String> {
     if std::env::var("MURMURATION_E2E_NO_CARGO_BUILD").is_ok_and(|v| v == "1") {
         return if path.is_file() {
@@ -137,10 +212,23 @@ fn build_project_binary(package: &str, bin: &str, path: &Path) -> Result<PathBuf
             ))
         };
     }
+    let newest = newest_source(package)?;
+    let built = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    if built.is_some_and(|b| b >= newest) {
+        return Ok(path.to_path_buf());
+    }
+    eprintln!(
+        "murmuration-e2e: building {bin} (package {package}): {}",
+        if built.is_some() {
+            "older than its sources"
+        } else {
+            "not built yet"
+        }
+    );
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace_root())
-        .args(["build", "--quiet", "-p", package, "--bin", bin])
+        .args(["build", "-p", package, "--bin", bin])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());

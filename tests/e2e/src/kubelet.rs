@@ -1111,8 +1111,6 @@ async fn sync_status(ctx: &PodCtx, api: &Api<Pod>, last_sent: &mut Option<Value>
                 ctx.name
             );
             // Try again soon.
-            let shared = ctx.shared.clone();
-            let _ = shared;
             tokio::time::sleep(Duration::from_millis(100)).await;
             ctx.changed.notify_one();
         }

@@ -73,6 +73,12 @@ fn resolve(name: &str) -> Vec<IpAddr> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubelet_behaviour() -> Result<()> {
+    // A binary the kubelet builds with cargo when needed: build it before any deadline.
+    tokio::task::spawn_blocking(|| {
+        murmuration_e2e::binaries::project_binary("murmuration-e2e", "e2e-http-echo")
+    })
+    .await
+    .unwrap()?;
     let cp = ControlPlane::start().await?;
     let admin = cp.admin_client().await?;
     let kubelet = cp
@@ -325,10 +331,11 @@ spec:
             .is_err()
     );
 
-    // Pods of an unknown image can be mapped at run time.
+    // Pods of an unknown image can be mapped at run time, here to a workspace binary that
+    // the kubelet builds with cargo (from inside `cargo test`) before running it.
     kubelet.register_image(
         "example/late",
-        ImageRunner::path(env!("CARGO_BIN_EXE_e2e-http-echo")),
+        ImageRunner::cargo("murmuration-e2e", "e2e-http-echo"),
     );
     let late: Pod = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Pod",
