@@ -16,7 +16,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
@@ -76,19 +75,18 @@ impl ControlPlane {
             .map_err(|e| Error::Setup(format!("control plane start task failed: {e}")))?
     }
 
-    /// One control plane shared by all tests of the process; stopped at process exit.
+    /// One control plane shared by all tests of the process (started by the first caller,
+    /// whichever runtime it is on); stopped at process exit. Tests sharing it should use
+    /// namespaces of their own, and one kubelet between them (several kubelets would
+    /// compete for unscheduled pods).
     pub async fn shared() -> Result<&'static ControlPlane> {
-        static SHARED: OnceLock<std::result::Result<ControlPlane, String>> = OnceLock::new();
-        if let Some(cp) = SHARED.get() {
-            return cp.as_ref().map_err(|e| Error::Setup(e.clone()));
-        }
-        let started = ControlPlane::start().await.map_err(|e| e.to_string());
-        let _ = SHARED.set(started);
+        static SHARED: tokio::sync::OnceCell<std::result::Result<ControlPlane, String>> =
+            tokio::sync::OnceCell::const_new();
         SHARED
-            .get()
-            .expect("just set")
+            .get_or_init(|| async { ControlPlane::start().await.map_err(|e| e.to_string()) })
+            .await
             .as_ref()
-            .map_err(|e| Error::Setup(e.clone()))
+            .map_err(|e| Error::Setup(format!("the shared control plane did not start: {e}")))
     }
 
     /// Blocking form of [`ControlPlane::start`] (runs its async parts on a thread of its own,

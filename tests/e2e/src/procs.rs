@@ -205,9 +205,26 @@ pub fn run_all_cleanups() {
     }
     entries.sort_by_key(|(id, _)| std::cmp::Reverse(*id));
     // Kill everything first, then the other actions.
+    let mut groups = Vec::new();
     for (_, c) in entries.iter() {
         if let Cleanup::KillGroup(pgid) = c {
             signal_group(*pgid, libc::SIGKILL);
+            groups.push(*pgid);
+        }
+    }
+    // Reap them (for at most a second), so that no zombie outlives this process.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    for pgid in groups {
+        loop {
+            let mut status = 0;
+            // SAFETY: plain syscall; reaps only children in the group.
+            let r = unsafe { libc::waitpid(-(pgid as libc::pid_t), &mut status, libc::WNOHANG) };
+            if r < 0 || (r == 0 && Instant::now() > deadline) {
+                break;
+            }
+            if r == 0 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
         }
     }
     for (_, c) in entries.iter_mut() {
