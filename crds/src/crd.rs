@@ -9,10 +9,31 @@ use crate::{Coordinator, LoadTest, Throttle};
 /// Every CRD of Murmuration with the file name it is committed under.
 pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
     vec![
-        ("loadtests.murmuration.dev.yaml", LoadTest::crd()),
-        ("throttles.murmuration.dev.yaml", Throttle::crd()),
-        ("coordinators.murmuration.dev.yaml", Coordinator::crd()),
+        ("loadtests.murmuration.dev.yaml", for_1_20(LoadTest::crd())),
+        ("throttles.murmuration.dev.yaml", for_1_20(Throttle::crd())),
+        ("coordinators.murmuration.dev.yaml", for_1_20(Coordinator::crd())),
     ]
+}
+
+/// Makes a generated CRD acceptable to Kubernetes 1.20: schemars lists `null` among the
+/// values of an optional enum, which 1.20 rejects (with the misleading "per-version schemas
+/// may not all be set to identical values"); `nullable: true` already says it.
+fn for_1_20(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn strip_null_from_enums(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::Array(values)) = map.get_mut("enum") {
+                    values.retain(|x| !x.is_null());
+                }
+                map.values_mut().for_each(strip_null_from_enums);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip_null_from_enums),
+            _ => {}
+        }
+    }
+    let mut json = serde_json::to_value(&crd).expect("a CRD always serialises");
+    strip_null_from_enums(&mut json);
+    serde_json::from_value(json).expect("the same CRD, minus nulls in enums")
 }
 
 /// The YAML text of one CRD, with a header saying where it comes from.

@@ -63,6 +63,9 @@ fn crds_use_nothing_newer_than_kubernetes_1_20() {
                 !(map.contains_key("properties") && map.contains_key("additionalProperties")),
                 "{path}: properties and additionalProperties together are not structural"
             );
+            if let Some(Value::Array(values)) = map.get("enum") {
+                assert!(!values.iter().any(Value::is_null), "{path}: null in an enum is refused by 1.20");
+            }
             if let Some(Value::Bool(false)) = map.get("additionalProperties") {
                 panic!("{path}: additionalProperties: false is not allowed in a CRD schema");
             }
