@@ -205,6 +205,12 @@ impl Connections {
         Ok(Answer { status, body })
     }
 
+    /// Drops the connection to `origin`: after a timed-out exchange it may still be
+    /// waiting for the old answer, so it cannot carry the next request.
+    pub fn discard(&mut self, origin: &Origin) {
+        self.conns.retain(|(o, _)| o != origin);
+    }
+
     /// Forgets every connection (they close when their tasks see the senders gone).
     pub fn close_all(&mut self) {
         self.conns.clear();

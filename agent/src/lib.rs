@@ -9,6 +9,7 @@ pub mod report;
 pub mod scenario;
 pub mod template;
 pub mod throttle;
+mod users;
 
 #[cfg(test)]
 mod test_support;

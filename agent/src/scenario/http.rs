@@ -478,12 +478,24 @@ impl Scenario for HttpScenario {
         })
     }
 
-    async fn start(&self, user: &mut User, state: &HttpState) -> Result<(), ScenarioError> {
-        // Connections live as long as the user, across iterations.
-        let mut us = user.take_extension::<UserState>().unwrap_or_default();
-        let r = run_steps(self, state, user, &mut us, &self.steps).await;
-        user.put_extension(us);
-        r
+    // Not an `async fn`, which would store its arguments twice (rust-lang/rust#62958):
+    // this future is part of every user's memory.
+    #[allow(clippy::manual_async_fn)]
+    fn start(
+        &self,
+        user: &mut User,
+        state: &HttpState,
+    ) -> impl std::future::Future<Output = Result<(), ScenarioError>> + Send {
+        async move {
+            // Connections live as long as the user, across iterations; a user that has
+            // not made a request yet has none and costs nothing for them.
+            let mut us = user.take_extension::<UserState>();
+            let r = run_steps(self, state, user, &mut us, &self.steps).await;
+            if let Some(us) = us {
+                user.put_extension(us);
+            }
+            r
+        }
     }
 }
 
@@ -491,17 +503,29 @@ async fn run_steps(
     sc: &HttpScenario,
     state: &HttpState,
     user: &mut User,
-    us: &mut UserState,
+    us: &mut Option<Box<UserState>>,
     steps: &[Step],
 ) -> Result<(), ScenarioError> {
     for step in steps {
         match step {
+            // Inline, because a user spends most of its life here: its future is just this
+            // timer. Every other step runs boxed, so that its state (a request in flight,
+            // a wait for a permit or a group) is allocated only while it runs.
+            Step::Think { min, max } => {
+                let d = if min == max {
+                    *min
+                } else {
+                    let (a, b) = (min.as_micros() as u64, max.as_micros() as u64);
+                    Duration::from_micros(user.rng().random_range(a..=b))
+                };
+                tokio::time::sleep(d).await;
+            }
             Step::Loop { times, steps } => {
                 for _ in 0..*times {
                     Box::pin(run_steps(sc, state, user, us, steps)).await?;
                 }
             }
-            other => run_step(sc, state, user, us, other).await?,
+            other => Box::pin(run_step(sc, state, user, us, other)).await?,
         }
     }
     Ok(())
@@ -511,16 +535,15 @@ async fn run_step(
     sc: &HttpScenario,
     state: &HttpState,
     user: &mut User,
-    us: &mut UserState,
+    us: &mut Option<Box<UserState>>,
     step: &Step,
 ) -> Result<(), ScenarioError> {
     match step {
         Step::Request(r) => {
             let id = state.steps[r.index];
             let started = user.now();
-            // Boxed so that a user sleeping in `think` does not carry a request's worth of
-            // future state: users stay small.
-            let result = Box::pin(exchange(sc, state, user, us, r)).await;
+            let us = us.get_or_insert_with(Box::default);
+            let result = exchange(sc, state, user, us, r).await;
             us.permit = None;
             match result {
                 Ok(()) => user.record(id, started, None),
@@ -537,17 +560,9 @@ async fn run_step(
                 }
             }
         }
-        Step::Think { min, max } => {
-            let d = if min == max {
-                *min
-            } else {
-                let (a, b) = (min.as_micros() as u64, max.as_micros() as u64);
-                Duration::from_micros(user.rng().random_range(a..=b))
-            };
-            tokio::time::sleep(d).await;
-        }
         Step::Throttle(name) => {
-            us.permit = Some(user.throttle(name).await?);
+            let permit = user.throttle(name).await?;
+            us.get_or_insert_with(Box::default).permit = Some(permit);
         }
         Step::Coordinate(name) => {
             let c = user.coordinate(name, serde_json::json!({"id": user.id()})).await?;
@@ -562,7 +577,7 @@ async fn run_step(
             user.locals.insert("group.peers".into(), peers.into());
             user.locals.insert("group.timedOut".into(), c.timed_out.into());
         }
-        Step::Loop { .. } => unreachable!("loops are run by run_steps"),
+        Step::Think { .. } | Step::Loop { .. } => unreachable!("run by run_steps"),
     }
     Ok(())
 }
@@ -605,7 +620,21 @@ async fn exchange(
         message: format!("request could not be built: {e}"),
     })?;
     let keep_body = r.body_contains.is_some() || !r.extract.is_empty();
-    let Answer { status, body } = with_timeout(sc.timeout, us.conns.send(&state.client, &origin, req, keep_body)).await?;
+    // Pinned where it is: wrapping the (large) exchange in a timeout by value would copy it.
+    let answer = {
+        let send = us.conns.send(&state.client, &origin, req, keep_body);
+        tokio::pin!(send);
+        with_timeout(sc.timeout, send).await
+    };
+    let Answer { status, body } = match answer {
+        Ok(a) => a,
+        Err(e) => {
+            if e.kind == ErrorKind::Timeout {
+                us.conns.discard(&origin);
+            }
+            return Err(e);
+        }
+    };
     let status_ok = match r.expect_status {
         Some(s) => status.as_u16() == s,
         None => status.is_success() || status.is_redirection(),

@@ -122,6 +122,26 @@ pub struct TestEnv {
     pub steps: StepNames,
 }
 
+/// A user's own named values. A user has a handful at most, so a small vector beats a
+/// hash map, and it costs nothing until the first one is set (users must stay tiny).
+#[derive(Debug, Default, Clone)]
+pub struct Locals(Vec<(String, serde_json::Value)>);
+
+impl Locals {
+    /// Sets `name` to `value`, replacing an earlier value.
+    pub fn insert(&mut self, name: String, value: serde_json::Value) {
+        match self.0.iter_mut().find(|(n, _)| *n == name) {
+            Some(slot) => slot.1 = value,
+            None => self.0.push((name, value)),
+        }
+    }
+
+    /// The value of `name`.
+    pub fn get(&self, name: &str) -> Option<&serde_json::Value> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+}
+
 /// One simulated user, as a scenario sees it.
 pub struct User {
     id: UserId,
@@ -133,7 +153,7 @@ pub struct User {
     /// open-model load); used for coordinated-omission-corrected latency.
     intended: Option<Instant>,
     /// Values this user extracted or was given (`{{order}}`, `{{group.ids}}`).
-    pub locals: HashMap<String, serde_json::Value>,
+    pub locals: Locals,
     /// What a scenario keeps for a user between iterations (its connections).
     extension: Option<Box<dyn Any + Send>>,
 }
@@ -149,7 +169,7 @@ impl User {
             metrics,
             rng: SmallRng::seed_from_u64(id.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
             intended: None,
-            locals: HashMap::new(),
+            locals: Locals::default(),
             extension: None,
         }
     }
@@ -240,27 +260,30 @@ impl User {
 }
 
 /// A scenario behind a trait object, as the engine stores it.
-pub trait DynScenario: Send + Sync + 'static {
+pub(crate) trait DynScenario: Send + Sync + 'static {
     /// Runs `init`, returning the scenario bound to its state.
     fn init<'a>(&'a self, ctx: &'a InitContext) -> BoxFuture<'a, Result<Arc<dyn RunningScenario>, ScenarioError>>;
 }
 
 /// A scenario after `init`: what the engine runs per user.
-pub trait RunningScenario: Send + Sync + 'static {
-    /// One iteration of one user.
-    fn start<'a>(&'a self, user: &'a mut User) -> BoxFuture<'a, Result<(), ScenarioError>>;
+pub(crate) trait RunningScenario: Send + Sync + 'static {
+    /// The whole life of one user: its iterations, as the engine's user loop runs them.
+    /// One allocation per user, none per iteration: the loop is compiled for each scenario.
+    fn user(self: Arc<Self>, user: User, run: crate::users::UserRun) -> BoxFuture<'static, ()>;
     /// End of test.
     fn terminate(&self) -> BoxFuture<'_, ()>;
 }
 
-struct Bound<S: Scenario> {
-    scenario: Arc<S>,
-    state: S::State,
+/// A scenario with its state, as `init` left it.
+pub(crate) struct Bound<S: Scenario> {
+    pub(crate) scenario: Arc<S>,
+    pub(crate) state: S::State,
 }
 
 impl<S: Scenario> RunningScenario for Bound<S> {
-    fn start<'a>(&'a self, user: &'a mut User) -> BoxFuture<'a, Result<(), ScenarioError>> {
-        Box::pin(self.scenario.start(user, &self.state))
+    fn user(self: Arc<Self>, user: User, run: crate::users::UserRun) -> BoxFuture<'static, ()> {
+        // `run` owns everything it needs, so the user's future stores each thing once.
+        Box::pin(run.run(self, user))
     }
     fn terminate(&self) -> BoxFuture<'_, ()> {
         Box::pin(self.scenario.terminate(&self.state))
@@ -300,8 +323,13 @@ impl Registry {
     }
 
     /// The scenario registered under `name`.
-    pub fn get(&self, name: &str) -> Option<Arc<dyn DynScenario>> {
+    pub(crate) fn get(&self, name: &str) -> Option<Arc<dyn DynScenario>> {
         self.scenarios.get(name).cloned()
+    }
+
+    /// Whether a scenario is registered under `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.scenarios.contains_key(name)
     }
 
     /// Registered names, sorted (for error messages).
