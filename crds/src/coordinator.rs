@@ -22,7 +22,11 @@ use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
     printcolumn(name = "Waiting", type_ = "integer", json_path = ".status.waiting"),
     printcolumn(name = "Groups", type_ = "integer", json_path = ".status.groups"),
     printcolumn(name = "Timeouts", type_ = "integer", json_path = ".status.timeouts"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CoordinatorSpec {

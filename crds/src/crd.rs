@@ -11,7 +11,10 @@ pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
     vec![
         ("loadtests.murmuration.dev.yaml", for_1_20(LoadTest::crd())),
         ("throttles.murmuration.dev.yaml", for_1_20(Throttle::crd())),
-        ("coordinators.murmuration.dev.yaml", for_1_20(Coordinator::crd())),
+        (
+            "coordinators.murmuration.dev.yaml",
+            for_1_20(Coordinator::crd()),
+        ),
     ]
 }
 

@@ -5,6 +5,9 @@
 //! This crate is shared by the operator, the master and the agents; it pulls in no load
 //! engine and no Kubernetes client.
 #![warn(missing_docs)]
+// kube's `printcolumn(...)` attributes repeat `type_ = ...`, which this lint mistakes for
+// duplicates.
+#![allow(clippy::duplicated_attributes)]
 
 pub mod coordinator;
 pub mod crd;

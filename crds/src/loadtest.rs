@@ -30,12 +30,29 @@ use crate::schema::{any_value, optional_duration_string, rate_string};
     ),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Users", type_ = "integer", json_path = ".spec.users"),
-    printcolumn(name = "Running", type_ = "integer", json_path = ".status.users.running"),
+    printcolumn(
+        name = "Running",
+        type_ = "integer",
+        json_path = ".status.users.running"
+    ),
     printcolumn(name = "Agents", type_ = "integer", json_path = ".status.agents.ready"),
-    printcolumn(name = "RPS", type_ = "number", json_path = ".status.requests.perSecond"),
-    printcolumn(name = "P99", type_ = "number", json_path = ".status.latencyMs.p99", description = "p99 latency in milliseconds"),
+    printcolumn(
+        name = "RPS",
+        type_ = "number",
+        json_path = ".status.requests.perSecond"
+    ),
+    printcolumn(
+        name = "P99",
+        type_ = "number",
+        json_path = ".status.latencyMs.p99",
+        description = "p99 latency in milliseconds"
+    ),
     printcolumn(name = "Result", type_ = "string", json_path = ".status.result"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LoadTestSpec {
@@ -535,7 +552,9 @@ pub struct LoadTestStatus {
 }
 
 /// The phases of a test, in the only order they can happen.
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+#[derive(
+    Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
+)]
 pub enum Phase {
     /// Accepted, nothing started yet.
     Pending,

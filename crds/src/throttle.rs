@@ -23,7 +23,11 @@ use crate::schema::optional_duration_string;
     printcolumn(name = "Interval", type_ = "string", json_path = ".spec.interval"),
     printcolumn(name = "Executed", type_ = "integer", json_path = ".status.executed"),
     printcolumn(name = "Waiting", type_ = "integer", json_path = ".status.waiting"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ThrottleSpec {

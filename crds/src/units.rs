@@ -130,10 +130,10 @@ impl Rate {
 
 impl fmt::Display for Rate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let period = match self.per.as_secs_f64() {
-            p if p == 1.0 => "s".to_owned(),
-            p if p == 60.0 => "m".to_owned(),
-            p if p == 3600.0 => "h".to_owned(),
+        let period = match self.per.as_millis() {
+            1_000 => "s".to_owned(),
+            60_000 => "m".to_owned(),
+            3_600_000 => "h".to_owned(),
             _ => format_duration(self.per),
         };
         write!(f, "{}/{}", self.count, period)

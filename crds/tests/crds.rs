@@ -56,7 +56,10 @@ fn crds_use_nothing_newer_than_kubernetes_1_20() {
         let json = serde_json::to_value(&def).unwrap();
         walk(file, &json, &mut |path, map| {
             for key in too_new {
-                assert!(!map.contains_key(key), "{path} uses {key}, not available on 1.20");
+                assert!(
+                    !map.contains_key(key),
+                    "{path} uses {key}, not available on 1.20"
+                );
             }
             // Structural schemas forbid additionalProperties next to properties.
             assert!(
@@ -64,7 +67,10 @@ fn crds_use_nothing_newer_than_kubernetes_1_20() {
                 "{path}: properties and additionalProperties together are not structural"
             );
             if let Some(Value::Array(values)) = map.get("enum") {
-                assert!(!values.iter().any(Value::is_null), "{path}: null in an enum is refused by 1.20");
+                assert!(
+                    !values.iter().any(Value::is_null),
+                    "{path}: null in an enum is refused by 1.20"
+                );
             }
             if let Some(Value::Bool(false)) = map.get("additionalProperties") {
                 panic!("{path}: additionalProperties: false is not allowed in a CRD schema");
@@ -73,7 +79,10 @@ fn crds_use_nothing_newer_than_kubernetes_1_20() {
         let version = &json["spec"]["versions"][0];
         assert_eq!(json["apiVersion"], "apiextensions.k8s.io/v1", "{file}");
         assert_eq!(version["name"], "v1alpha1");
-        assert!(version["subresources"]["status"].is_object(), "{file} has /status");
+        assert!(
+            version["subresources"]["status"].is_object(),
+            "{file} has /status"
+        );
     }
 }
 
@@ -85,7 +94,10 @@ fn every_spec_field_is_documented_for_kubectl_explain() {
         walk(&format!("{file}:spec"), spec, &mut |path, map| {
             if let Some(Value::Object(props)) = map.get("properties") {
                 for (name, prop) in props {
-                    let ok = prop.get("description").and_then(Value::as_str).is_some_and(|d| d.len() > 5);
+                    let ok = prop
+                        .get("description")
+                        .and_then(Value::as_str)
+                        .is_some_and(|d| d.len() > 5);
                     assert!(ok, "{path}.{name} has no description");
                 }
             }
@@ -95,29 +107,56 @@ fn every_spec_field_is_documented_for_kubectl_explain() {
 
 #[test]
 fn loadtest_has_scale_subresource_short_names_and_columns() {
-    let def = crd::all().into_iter().find(|(f, _)| f.starts_with("loadtests")).unwrap().1;
+    let def = crd::all()
+        .into_iter()
+        .find(|(f, _)| f.starts_with("loadtests"))
+        .unwrap()
+        .1;
     let json = serde_json::to_value(&def).unwrap();
     assert_eq!(json["spec"]["names"]["shortNames"][0], "lt");
     let v = &json["spec"]["versions"][0];
-    assert_eq!(v["subresources"]["scale"]["specReplicasPath"], ".spec.users");
-    assert_eq!(v["subresources"]["scale"]["statusReplicasPath"], ".status.users.running");
+    assert_eq!(
+        v["subresources"]["scale"]["specReplicasPath"],
+        ".spec.users"
+    );
+    assert_eq!(
+        v["subresources"]["scale"]["statusReplicasPath"],
+        ".status.users.running"
+    );
     let columns: Vec<&str> = v["additionalPrinterColumns"]
         .as_array()
         .unwrap()
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(columns, ["Phase", "Users", "Running", "Agents", "RPS", "P99", "Result", "Age"]);
+    assert_eq!(
+        columns,
+        ["Phase", "Users", "Running", "Agents", "RPS", "P99", "Result", "Age"]
+    );
     let users = &v["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["users"];
-    assert_eq!(users["minimum"].as_f64(), Some(0.0), "negative users rejected by the API server");
-    assert_eq!(users["format"], "int32", "the scale subresource needs int32");
+    assert_eq!(
+        users["minimum"].as_f64(),
+        Some(0.0),
+        "negative users rejected by the API server"
+    );
+    assert_eq!(
+        users["format"], "int32",
+        "the scale subresource needs int32"
+    );
 }
 
 #[test]
 fn short_names_of_throttle_and_coordinator() {
     let names: Vec<String> = crd::all()
         .iter()
-        .map(|(_, d)| d.spec.names.short_names.clone().unwrap_or_default().join(","))
+        .map(|(_, d)| {
+            d.spec
+                .names
+                .short_names
+                .clone()
+                .unwrap_or_default()
+                .join(",")
+        })
         .collect();
     assert_eq!(names, ["lt", "thr", "coord"]);
 }
