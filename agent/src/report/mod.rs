@@ -1,5 +1,9 @@
-//! Reports: the JSON model, the self-contained HTML page, and the summary table.
+//! Reports: the JSON model, the self-contained HTML page, the summary table, and writing
+//! them.
 
+pub mod html;
+pub mod io;
 pub mod model;
+pub mod summary;
 
 pub use model::*;
