@@ -231,7 +231,12 @@ async fn connect(config: &ClientConfig, origin: &Origin) -> Result<Sender, Clien
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let tcp = TcpStream::connect((host, origin.port()))
         .await
-        .map_err(|e| ClientError::new(ErrorKind::Connect, format!("connect to {}: {e}", origin.authority)))?;
+        .map_err(|e| {
+            ClientError::new(
+                ErrorKind::Connect,
+                format!("connect to {}: {e}", origin.authority),
+            )
+        })?;
     let _ = tcp.set_nodelay(true);
     if origin.tls {
         let name = rustls::pki_types::ServerName::try_from(host.to_owned())
@@ -239,7 +244,12 @@ async fn connect(config: &ClientConfig, origin: &Origin) -> Result<Sender, Clien
         let stream = tokio_rustls::TlsConnector::from(config.tls.clone())
             .connect(name, tcp)
             .await
-            .map_err(|e| ClientError::new(ErrorKind::Tls, format!("TLS with {}: {e}", origin.authority)))?;
+            .map_err(|e| {
+                ClientError::new(
+                    ErrorKind::Tls,
+                    format!("TLS with {}: {e}", origin.authority),
+                )
+            })?;
         handshake(config, stream).await
     } else {
         handshake(config, tcp).await
@@ -281,7 +291,10 @@ pub async fn with_timeout<T>(
         Ok(r) => r,
         Err(_) => Err(ClientError::new(
             ErrorKind::Timeout,
-            format!("no complete answer within {}", humantime::format_duration(limit)),
+            format!(
+                "no complete answer within {}",
+                humantime::format_duration(limit)
+            ),
         )),
     }
 }
@@ -307,7 +320,12 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCert {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -316,7 +334,12 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCert {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {

@@ -52,9 +52,40 @@ pub struct Coordinators {
 
 impl Coordinators {
     /// join
-    pub async fn join(&self, name: &str, user: UserId, data: serde_json::Value) -> Result<Coordination, CoordinatorError> {
+    pub async fn join(
+        &self,
+        name: &str,
+        user: UserId,
+        data: serde_json::Value,
+    ) -> Result<Coordination, CoordinatorError> {
         let _ = (user, data);
-        self.map.get(name).ok_or_else(|| CoordinatorError::Unknown(name.to_owned()))?;
+        self.map
+            .get(name)
+            .ok_or_else(|| CoordinatorError::Unknown(name.to_owned()))?;
         Ok(Coordination::default())
+    }
+}
+#[allow(missing_docs)]
+#[derive(Default)]
+pub struct CoordinatorStats {
+    pub groups: u64,
+    pub timeouts: u64,
+    pub waiting: u64,
+}
+#[allow(missing_docs)]
+impl Coordinator {
+    pub fn stats(&self) -> CoordinatorStats {
+        CoordinatorStats::default()
+    }
+}
+#[allow(missing_docs)]
+impl Coordinators {
+    pub fn from_specs<'a>(
+        _i: impl Iterator<Item = (&'a str, &'a murmuration_crds::CoordinatorSpec)>,
+    ) -> Result<Coordinators, String> {
+        Ok(Coordinators::default())
+    }
+    pub fn all(&self) -> Vec<Arc<Coordinator>> {
+        vec![]
     }
 }

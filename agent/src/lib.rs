@@ -1,13 +1,26 @@
-//! Murmuration's load engine (being assembled; see the full module list in the next commit).
+//! Murmuration's load engine: the scenario model (amoc's `init`/`start`/`terminate`), users
+//! as lightweight tasks, the declarative `http` and `messaging` scenarios, throttles,
+//! coordinators, HDR-histogram metrics with a 1 s time series, thresholds, reports, the
+//! bundled demo targets, and the `murmur` command line.
+//!
+//! Custom scenarios: implement [`scenario::Scenario`], register it in a
+//! [`scenario::Registry`], and call [`cli::main_with`] from your own `main` (see
+//! `examples/`).
 #![warn(missing_docs)]
 
+pub mod cli;
 pub mod client;
 pub mod coordinator;
+pub mod demo;
+pub mod engine;
 pub mod field;
 pub mod metrics;
+pub mod plan;
+pub mod progress;
 pub mod report;
 pub mod scenario;
 pub mod template;
+pub mod thresholds;
 pub mod throttle;
 mod users;
 

@@ -120,7 +120,12 @@ impl StepStats {
 
     /// Records one completed action.
     #[inline]
-    pub fn record(&mut self, latency: Duration, intended_latency: Option<Duration>, error: Option<ErrorKind>) {
+    pub fn record(
+        &mut self,
+        latency: Duration,
+        intended_latency: Option<Duration>,
+        error: Option<ErrorKind>,
+    ) {
         self.requests += 1;
         if let Some(kind) = error {
             self.errors[kind as usize] += 1;
@@ -212,7 +217,13 @@ impl WorkerMetrics {
 
     /// Records one completed action of `step`.
     #[inline]
-    pub fn record(&self, step: StepId, latency: Duration, intended_latency: Option<Duration>, error: Option<ErrorKind>) {
+    pub fn record(
+        &self,
+        step: StepId,
+        latency: Duration,
+        intended_latency: Option<Duration>,
+        error: Option<ErrorKind>,
+    ) {
         self.current
             .lock()
             .step_mut(step)
@@ -344,8 +355,10 @@ mod tests {
         let mut a = Period::default();
         let mut b = Period::default();
         for i in 1..=100u64 {
-            a.step_mut(StepId(0)).record(Duration::from_micros(i * 10), None, None);
-            b.step_mut(StepId(1)).record(Duration::from_millis(i), None, Some(ErrorKind::Status));
+            a.step_mut(StepId(0))
+                .record(Duration::from_micros(i * 10), None, None);
+            b.step_mut(StepId(1))
+                .record(Duration::from_millis(i), None, Some(ErrorKind::Status));
         }
         a.merge(&b);
         assert_eq!(a.steps.len(), 2);

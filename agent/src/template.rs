@@ -147,8 +147,7 @@ impl Template {
 fn parse_name(name: &str) -> Result<Part, TemplateError> {
     let valid = |s: &str| {
         !s.is_empty()
-            && s
-                .chars()
+            && s.chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
     };
     if !valid(name) {
@@ -215,7 +214,10 @@ impl JsonTemplate {
                     .iter()
                     .map(|(k, v)| Ok((k.clone(), JsonTemplate::parse(v)?)))
                     .collect::<Result<Vec<_>, TemplateError>>()?;
-                if fields.iter().all(|(_, i)| matches!(i, JsonTemplate::Fixed(_))) {
+                if fields
+                    .iter()
+                    .all(|(_, i)| matches!(i, JsonTemplate::Fixed(_)))
+                {
                     JsonTemplate::Fixed(value.clone())
                 } else {
                     JsonTemplate::Object(fields)
@@ -236,7 +238,9 @@ impl JsonTemplate {
             JsonTemplate::Fixed(_) => vec![],
             JsonTemplate::Text(t) => vec![t],
             JsonTemplate::Array(items) => items.iter().flat_map(|i| i.templates()).collect(),
-            JsonTemplate::Object(fields) => fields.iter().flat_map(|(_, i)| i.templates()).collect(),
+            JsonTemplate::Object(fields) => {
+                fields.iter().flat_map(|(_, i)| i.templates()).collect()
+            }
         }
     }
 
@@ -280,14 +284,28 @@ mod tests {
             j.render(&user),
             serde_json::json!({"user": 3, "f": true, "s": "u3", "k": 1})
         );
-        assert!(JsonTemplate::parse(&serde_json::json!({"a": [1, "x"]})).unwrap().is_static());
+        assert!(JsonTemplate::parse(&serde_json::json!({"a": [1, "x"]}))
+            .unwrap()
+            .is_static());
     }
 
     #[test]
     fn bad_templates_say_why() {
-        assert_eq!(Template::parse("/a/{{user.id").unwrap_err(), TemplateError::Unclosed(3));
-        assert!(matches!(Template::parse("{{}}"), Err(TemplateError::BadName(_))));
-        assert!(matches!(Template::parse("{{user.name}}"), Err(TemplateError::BadName(_))));
-        assert!(matches!(Template::parse("{{a b}}"), Err(TemplateError::BadName(_))));
+        assert_eq!(
+            Template::parse("/a/{{user.id").unwrap_err(),
+            TemplateError::Unclosed(3)
+        );
+        assert!(matches!(
+            Template::parse("{{}}"),
+            Err(TemplateError::BadName(_))
+        ));
+        assert!(matches!(
+            Template::parse("{{user.name}}"),
+            Err(TemplateError::BadName(_))
+        ));
+        assert!(matches!(
+            Template::parse("{{a b}}"),
+            Err(TemplateError::BadName(_))
+        ));
     }
 }

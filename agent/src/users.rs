@@ -73,7 +73,10 @@ impl Drop for UserGuard {
             // Only its own entry: a user id stopped and started again may already belong
             // to a new task.
             let mut users = ctx.users.lock();
-            if users.get(&self.id).is_some_and(|s| Arc::ptr_eq(&s.control, &self.run.control)) {
+            if users
+                .get(&self.id)
+                .is_some_and(|s| Arc::ptr_eq(&s.control, &self.run.control))
+            {
                 users.remove(&self.id);
             }
         }
@@ -104,51 +107,56 @@ impl UserRun {
     ///
     /// Not an `async fn`: those keep a second copy of their arguments in the future
     /// (rust-lang/rust#62958), and the user is the largest of them.
-    pub(crate) fn run<S: Scenario>(self, bound: Arc<Bound<S>>, mut user: User) -> impl Future<Output = ()> + Send {
+    #[allow(clippy::manual_async_fn)]
+    pub(crate) fn run<S: Scenario>(
+        self,
+        bound: Arc<Bound<S>>,
+        mut user: User,
+    ) -> impl Future<Output = ()> + Send {
         async move {
-        let mut guard = UserGuard {
-            id: user.id(),
-            run: self,
-            failed: false,
-        };
-        let repeat = guard.run.ctx.repeat;
-        loop {
-            // The worker changes this state on the user's own thread, between two polls:
-            // what is read here holds until the next await.
-            if guard.run.control.load(Ordering::Acquire) != RUNNING {
-                break;
-            }
-            let iteration = user.iteration();
-            if repeat.times.is_some_and(|t| iteration >= t) {
-                break;
-            }
-            if let Err(e) = bound.scenario.start(&mut user, &bound.state).await {
-                if !matches!(e, ScenarioError::User { .. }) {
-                    tracing::warn!(user = user.id(), "user stopped: {e}");
-                    guard.failed = true;
+            let mut guard = UserGuard {
+                id: user.id(),
+                run: self,
+                failed: false,
+            };
+            let repeat = guard.run.ctx.repeat;
+            loop {
+                // The worker changes this state on the user's own thread, between two polls:
+                // what is read here holds until the next await.
+                if guard.run.control.load(Ordering::Acquire) != RUNNING {
                     break;
                 }
-            }
-            user.set_iteration(iteration + 1);
-            guard.run.ctx.metrics.user_event(|u| u.iterations += 1);
-            if !repeat.interval.is_zero() && !repeat.times.is_some_and(|t| iteration + 1 >= t) {
-                // While paused, a graceful stop aborts the user (see `stop_slot`); coming
-                // back, it resumes only if nobody asked it to stop meanwhile. Boxed: only
-                // users that pause pay for the timer.
-                let control = &guard.run.control;
-                control.store(PAUSED, Ordering::Release);
-                Box::pin(tokio::time::sleep(repeat.interval)).await;
-                if control
-                    .compare_exchange(PAUSED, RUNNING, Ordering::AcqRel, Ordering::Acquire)
-                    .is_err()
-                {
+                let iteration = user.iteration();
+                if repeat.times.is_some_and(|t| iteration >= t) {
                     break;
                 }
-            } else {
-                // A scenario that never waits must still let other users run.
-                tokio::task::consume_budget().await;
+                if let Err(e) = bound.scenario.start(&mut user, &bound.state).await {
+                    if !matches!(e, ScenarioError::User { .. }) {
+                        tracing::warn!(user = user.id(), "user stopped: {e}");
+                        guard.failed = true;
+                        break;
+                    }
+                }
+                user.set_iteration(iteration + 1);
+                guard.run.ctx.metrics.user_event(|u| u.iterations += 1);
+                if !repeat.interval.is_zero() && repeat.times.is_none_or(|t| iteration + 1 < t) {
+                    // While paused, a graceful stop aborts the user (see `stop_slot`); coming
+                    // back, it resumes only if nobody asked it to stop meanwhile. Boxed: only
+                    // users that pause pay for the timer.
+                    let control = &guard.run.control;
+                    control.store(PAUSED, Ordering::Release);
+                    Box::pin(tokio::time::sleep(repeat.interval)).await;
+                    if control
+                        .compare_exchange(PAUSED, RUNNING, Ordering::AcqRel, Ordering::Acquire)
+                        .is_err()
+                    {
+                        break;
+                    }
+                } else {
+                    // A scenario that never waits must still let other users run.
+                    tokio::task::consume_budget().await;
+                }
             }
-        }
         }
     }
 }
@@ -160,8 +168,10 @@ pub(crate) fn stop_slot(slot: &UserSlot, forced: bool) {
         return;
     }
     let c = &slot.control;
-    if c.compare_exchange(RUNNING, STOPPING, Ordering::AcqRel, Ordering::Acquire).is_err()
-        && c.compare_exchange(PAUSED, ABORTED, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    if c.compare_exchange(RUNNING, STOPPING, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+        && c.compare_exchange(PAUSED, ABORTED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     {
         slot.abort.abort();
     }
@@ -187,4 +197,3 @@ pub(crate) fn revive(ctx: &WorkerCtx, id: UserId) -> bool {
     users.remove(&id);
     false
 }
-

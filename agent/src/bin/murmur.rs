@@ -1,1 +1,5 @@
-fn main() {}
+//! `murmur`: run load tests on this machine, serve the bundled demo targets.
+
+fn main() -> std::process::ExitCode {
+    murmuration_agent::cli::main_with(murmuration_agent::scenario::Registry::new())
+}

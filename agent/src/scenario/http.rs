@@ -18,8 +18,8 @@ use rand::Rng;
 use serde_json_path::JsonPath;
 
 use crate::client::{with_timeout, Answer, ClientConfig, ClientError, Connections, Origin};
-use crate::metrics::{ErrorKind, StepId};
 use crate::field::FieldError;
+use crate::metrics::{ErrorKind, StepId};
 use crate::scenario::{InitContext, Scenario, ScenarioError, User};
 use crate::template::{JsonTemplate, Template};
 use crate::throttle::Permit;
@@ -100,7 +100,8 @@ impl HttpScenario {
             .base_url
             .as_deref()
             .map(|b| {
-                let t = Template::parse(b).map_err(|e| FieldError::new(format!("{at}.baseUrl"), e))?;
+                let t =
+                    Template::parse(b).map_err(|e| FieldError::new(format!("{at}.baseUrl"), e))?;
                 if t.is_static() {
                     absolute(b).map_err(|e| FieldError::new(format!("{at}.baseUrl"), e))?;
                 }
@@ -108,11 +109,16 @@ impl HttpScenario {
             })
             .transpose()?;
         let timeout = match &s.timeout {
-            Some(t) => parse_duration(t).map_err(|e| FieldError::new(format!("{at}.timeout"), e))?,
+            Some(t) => {
+                parse_duration(t).map_err(|e| FieldError::new(format!("{at}.timeout"), e))?
+            }
             None => DEFAULT_TIMEOUT,
         };
         if timeout.is_zero() {
-            return Err(FieldError::new(format!("{at}.timeout"), "must be longer than zero"));
+            return Err(FieldError::new(
+                format!("{at}.timeout"),
+                "must be longer than zero",
+            ));
         }
         let http2 = s.version == Some(HttpVersion::Http2);
         let mut common = Vec::new();
@@ -120,10 +126,16 @@ impl HttpScenario {
             common.push(header(k, v, &format!("{at}.headers.{k}"))?);
         }
         if s.steps.is_empty() {
-            return Err(FieldError::new(format!("{at}.steps"), "needs at least one step"));
+            return Err(FieldError::new(
+                format!("{at}.steps"),
+                "needs at least one step",
+            ));
         }
         let mut c = Compiler {
-            base_static: base_url.as_ref().filter(|t| t.is_static()).map(|t| t.source().to_owned()),
+            base_static: base_url
+                .as_ref()
+                .filter(|t| t.is_static())
+                .map(|t| t.source().to_owned()),
             has_base: base_url.is_some(),
             http2,
             common,
@@ -247,38 +259,61 @@ impl Compiler {
             ));
         }
         if let Some(r) = &s.request {
-            return Ok(Step::Request(Box::new(self.request(r, &format!("{at}.request"))?)));
+            return Ok(Step::Request(Box::new(
+                self.request(r, &format!("{at}.request"))?,
+            )));
         }
         if let Some(t) = &s.think {
             return think(t, &format!("{at}.think"));
         }
         if let Some(name) = &s.throttle {
             if name.trim().is_empty() {
-                return Err(FieldError::new(format!("{at}.throttle"), "names no throttle"));
+                return Err(FieldError::new(
+                    format!("{at}.throttle"),
+                    "names no throttle",
+                ));
             }
             return Ok(Step::Throttle(name.clone()));
         }
         if let Some(name) = &s.coordinate {
             if name.trim().is_empty() {
-                return Err(FieldError::new(format!("{at}.coordinate"), "names no coordinator"));
+                return Err(FieldError::new(
+                    format!("{at}.coordinate"),
+                    "names no coordinator",
+                ));
             }
             return Ok(Step::Coordinate(name.clone()));
         }
         let l = s.loop_.as_ref().expect("counted above");
         if !top {
-            return Err(FieldError::new(format!("{at}.loop"), "a loop cannot be inside a loop"));
+            return Err(FieldError::new(
+                format!("{at}.loop"),
+                "a loop cannot be inside a loop",
+            ));
         }
         if l.times < 1 {
-            return Err(FieldError::new(format!("{at}.loop.times"), "must be at least 1"));
+            return Err(FieldError::new(
+                format!("{at}.loop.times"),
+                "must be at least 1",
+            ));
         }
         if l.steps.is_empty() {
-            return Err(FieldError::new(format!("{at}.loop.steps"), "needs at least one step"));
+            return Err(FieldError::new(
+                format!("{at}.loop.steps"),
+                "needs at least one step",
+            ));
         }
         let steps = l
             .steps
             .iter()
             .enumerate()
-            .map(|(i, inner)| self.step(&spec::Step::from(inner.clone()), &format!("{at}.loop.steps[{i}]"), false))
+            .map(|(i, inner)| {
+                self.step(
+                    &spec::Step::from(inner.clone()),
+                    &format!("{at}.loop.steps[{i}]"),
+                    false,
+                )
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Step::Loop {
             times: l.times as u64,
@@ -292,12 +327,16 @@ impl Compiler {
             None => http::Method::GET,
         };
         let target = match (&r.url, &r.path) {
-            (Some(_), Some(_)) => return Err(FieldError::new(at, "set either url or path, not both")),
+            (Some(_), Some(_)) => {
+                return Err(FieldError::new(at, "set either url or path, not both"))
+            }
             (None, None) => return Err(FieldError::new(at, "needs a url or a path")),
             (Some(url), None) => {
-                let t = Template::parse(url).map_err(|e| FieldError::new(format!("{at}.url"), e))?;
+                let t =
+                    Template::parse(url).map_err(|e| FieldError::new(format!("{at}.url"), e))?;
                 if t.is_static() {
-                    self.static_target(url).map_err(|e| FieldError::new(format!("{at}.url"), e))?
+                    self.static_target(url)
+                        .map_err(|e| FieldError::new(format!("{at}.url"), e))?
                 } else {
                     Target::Url(t)
                 }
@@ -309,18 +348,23 @@ impl Compiler {
                         "a path needs the scenario's baseUrl (or use url)",
                     ));
                 }
-                let t = Template::parse(path).map_err(|e| FieldError::new(format!("{at}.path"), e))?;
+                let t =
+                    Template::parse(path).map_err(|e| FieldError::new(format!("{at}.path"), e))?;
                 match (&self.base_static, t.is_static()) {
                     (Some(base), true) => {
                         let url = join(base, path);
-                        self.static_target(&url).map_err(|e| FieldError::new(format!("{at}.path"), e))?
+                        self.static_target(&url)
+                            .map_err(|e| FieldError::new(format!("{at}.path"), e))?
                     }
                     _ => Target::Path(t),
                 }
             }
         };
         let name = r.name.clone().unwrap_or_else(|| {
-            format!("{method} {}", r.path.as_deref().or(r.url.as_deref()).unwrap_or(""))
+            format!(
+                "{method} {}",
+                r.path.as_deref().or(r.url.as_deref()).unwrap_or("")
+            )
         });
         let mut headers = self.common.clone();
         for (k, v) in &r.headers {
@@ -329,7 +373,9 @@ impl Compiler {
             headers.push(h);
         }
         let body = match (&r.body, &r.json) {
-            (Some(_), Some(_)) => return Err(FieldError::new(at, "set either body or json, not both")),
+            (Some(_), Some(_)) => {
+                return Err(FieldError::new(at, "set either body or json, not both"))
+            }
             (Some(b), None) => {
                 let t = Template::parse(b).map_err(|e| FieldError::new(format!("{at}.body"), e))?;
                 if t.is_static() {
@@ -340,9 +386,13 @@ impl Compiler {
             }
             (None, Some(j)) => {
                 if !headers.iter().any(|(n, _)| *n == CONTENT_TYPE) {
-                    headers.push((CONTENT_TYPE, Template::parse("application/json").expect("static")));
+                    headers.push((
+                        CONTENT_TYPE,
+                        Template::parse("application/json").expect("static"),
+                    ));
                 }
-                let t = JsonTemplate::parse(j).map_err(|e| FieldError::new(format!("{at}.json"), e))?;
+                let t =
+                    JsonTemplate::parse(j).map_err(|e| FieldError::new(format!("{at}.json"), e))?;
                 match t {
                     JsonTemplate::Fixed(v) => Body::Static(Bytes::from(v.to_string())),
                     t => Body::Json(t),
@@ -354,7 +404,10 @@ impl Compiler {
             Some(e) => {
                 if let Some(s) = e.status {
                     if !(100..=599).contains(&s) {
-                        return Err(FieldError::new(format!("{at}.expect.status"), "must be between 100 and 599"));
+                        return Err(FieldError::new(
+                            format!("{at}.expect.status"),
+                            "must be between 100 and 599",
+                        ));
                     }
                 }
                 (e.status, e.body_contains.clone())
@@ -370,7 +423,10 @@ impl Compiler {
                 ));
             }
             let p = JsonPath::parse(path).map_err(|e| {
-                FieldError::new(format!("{at}.extract.{var}"), format!("{path:?} is not a JSONPath: {e}"))
+                FieldError::new(
+                    format!("{at}.extract.{var}"),
+                    format!("{path:?} is not a JSONPath: {e}"),
+                )
             })?;
             extract.push((var.clone(), p));
         }
@@ -404,21 +460,30 @@ fn think(t: &spec::Think, at: &str) -> Result<Step, FieldError> {
             .transpose()
             .map_err(|e| FieldError::new(format!("{at}.{f}"), e))
     };
-    let (fixed, min, max) = (d(&t.duration, "duration")?, d(&t.min, "min")?, d(&t.max, "max")?);
+    let (fixed, min, max) = (
+        d(&t.duration, "duration")?,
+        d(&t.min, "min")?,
+        d(&t.max, "max")?,
+    );
     match (fixed, min, max) {
         (Some(f), None, None) => Ok(Step::Think { min: f, max: f }),
         (None, Some(min), Some(max)) if min <= max => Ok(Step::Think { min, max }),
-        (None, Some(_), Some(_)) => Err(FieldError::new(format!("{at}.min"), "must not be longer than max")),
+        (None, Some(_), Some(_)) => Err(FieldError::new(
+            format!("{at}.min"),
+            "must not be longer than max",
+        )),
         (None, Some(min), None) => Ok(Step::Think { min, max: min }),
         _ => Err(FieldError::new(at, "set duration, or min and max")),
     }
 }
 
 fn header(name: &str, value: &str, at: &str) -> Result<(HeaderName, Template), FieldError> {
-    let n = HeaderName::from_str(name).map_err(|_| FieldError::new(at, format!("{name:?} is not a header name")))?;
+    let n = HeaderName::from_str(name)
+        .map_err(|_| FieldError::new(at, format!("{name:?} is not a header name")))?;
     let t = Template::parse(value).map_err(|e| FieldError::new(at, e))?;
     if t.is_static() {
-        HeaderValue::from_str(value).map_err(|_| FieldError::new(at, "is not a valid header value"))?;
+        HeaderValue::from_str(value)
+            .map_err(|_| FieldError::new(at, "is not a valid header value"))?;
     }
     Ok((n, t))
 }
@@ -469,7 +534,9 @@ impl Scenario for HttpScenario {
         });
         for name in self.throttles() {
             if ctx.env.throttles.get(&name).is_none() {
-                return Err(ScenarioError::Unknown(format!("a throttle step names {name:?}, which is not defined")));
+                return Err(ScenarioError::Unknown(format!(
+                    "a throttle step names {name:?}, which is not defined"
+                )));
             }
         }
         Ok(HttpState {
@@ -565,17 +632,24 @@ async fn run_step(
             us.get_or_insert_with(Box::default).permit = Some(permit);
         }
         Step::Coordinate(name) => {
-            let c = user.coordinate(name, serde_json::json!({"id": user.id()})).await?;
+            let c = user
+                .coordinate(name, serde_json::json!({"id": user.id()}))
+                .await?;
             let ids: Vec<u64> = c.members.iter().map(|m| m.user).collect();
             let peers: Vec<u64> = c.peers.iter().map(|m| m.user).collect();
             user.locals.insert("group.size".into(), ids.len().into());
             user.locals.insert("group.ids".into(), ids.into());
             user.locals.insert(
                 "group.peer".into(),
-                peers.first().copied().map(Into::into).unwrap_or(serde_json::Value::Null),
+                peers
+                    .first()
+                    .copied()
+                    .map(Into::into)
+                    .unwrap_or(serde_json::Value::Null),
             );
             user.locals.insert("group.peers".into(), peers.into());
-            user.locals.insert("group.timedOut".into(), c.timed_out.into());
+            user.locals
+                .insert("group.timedOut".into(), c.timed_out.into());
         }
         Step::Think { .. } | Step::Loop { .. } => unreachable!("run by run_steps"),
     }
@@ -593,7 +667,11 @@ async fn exchange(
         Target::Static { origin, uri, host } => (origin.clone(), uri.clone(), host.clone()),
         Target::Url(t) => dynamic_target(&t.render(user), sc.client.http2)?,
         Target::Path(t) => {
-            let base = sc.base_url.as_ref().map(|b| b.render(user)).unwrap_or_default();
+            let base = sc
+                .base_url
+                .as_ref()
+                .map(|b| b.render(user))
+                .unwrap_or_default();
             dynamic_target(&join(&base, &t.render(user)), sc.client.http2)?
         }
     };
@@ -721,7 +799,8 @@ steps:
 
     #[test]
     fn static_urls_are_resolved_once() {
-        let s = compile("baseUrl: http://127.0.0.1:8080/api\nsteps: [{request: {path: /items}}]").unwrap();
+        let s = compile("baseUrl: http://127.0.0.1:8080/api\nsteps: [{request: {path: /items}}]")
+            .unwrap();
         match &s.steps[0] {
             Step::Request(r) => match &r.target {
                 Target::Static { uri, host, .. } => {
@@ -738,15 +817,51 @@ steps:
     fn errors_name_the_field() {
         let cases = [
             ("steps: []", "spec.scenario.http.steps", "at least one step"),
-            ("steps: [{}]", "spec.scenario.http.steps[0]", "exactly one of"),
-            ("steps: [{request: {path: /}}]", "spec.scenario.http.steps[0].request.path", "baseUrl"),
-            ("steps: [{request: {url: 'ftp://x/'}}]", "spec.scenario.http.steps[0].request.url", "not http or https"),
-            ("baseUrl: http://x\nsteps: [{think: {min: 2s, max: 1s}}]", "spec.scenario.http.steps[0].think.min", "max"),
-            ("baseUrl: http://x\nsteps: [{throttle: ''}]", "spec.scenario.http.steps[0].throttle", "names no throttle"),
-            ("baseUrl: http://x\nsteps: [{request: {path: '/{{user.id'}}]", "spec.scenario.http.steps[0].request.path", "not closed"),
-            ("baseUrl: http://x\nsteps: [{request: {path: /, extract: {o: 'id'}}}]", "spec.scenario.http.steps[0].request.extract.o", "JSONPath"),
-            ("baseUrl: http://x\nsteps: [{loop: {times: 2, steps: []}}]", "spec.scenario.http.steps[0].loop.steps", "at least one"),
-            ("baseUrl: http://x\ntimeout: 0s\nsteps: [{think: {duration: 1s}}]", "spec.scenario.http.timeout", "longer than zero"),
+            (
+                "steps: [{}]",
+                "spec.scenario.http.steps[0]",
+                "exactly one of",
+            ),
+            (
+                "steps: [{request: {path: /}}]",
+                "spec.scenario.http.steps[0].request.path",
+                "baseUrl",
+            ),
+            (
+                "steps: [{request: {url: 'ftp://x/'}}]",
+                "spec.scenario.http.steps[0].request.url",
+                "not http or https",
+            ),
+            (
+                "baseUrl: http://x\nsteps: [{think: {min: 2s, max: 1s}}]",
+                "spec.scenario.http.steps[0].think.min",
+                "max",
+            ),
+            (
+                "baseUrl: http://x\nsteps: [{throttle: ''}]",
+                "spec.scenario.http.steps[0].throttle",
+                "names no throttle",
+            ),
+            (
+                "baseUrl: http://x\nsteps: [{request: {path: '/{{user.id'}}]",
+                "spec.scenario.http.steps[0].request.path",
+                "not closed",
+            ),
+            (
+                "baseUrl: http://x\nsteps: [{request: {path: /, extract: {o: 'id'}}}]",
+                "spec.scenario.http.steps[0].request.extract.o",
+                "JSONPath",
+            ),
+            (
+                "baseUrl: http://x\nsteps: [{loop: {times: 2, steps: []}}]",
+                "spec.scenario.http.steps[0].loop.steps",
+                "at least one",
+            ),
+            (
+                "baseUrl: http://x\ntimeout: 0s\nsteps: [{think: {duration: 1s}}]",
+                "spec.scenario.http.timeout",
+                "longer than zero",
+            ),
         ];
         for (yaml, field, reason) in cases {
             let e = compile(yaml).unwrap_err();

@@ -75,11 +75,18 @@ pub trait Scenario: Send + Sync + 'static {
 
     /// Runs once per test (per agent), before any user starts. Intern step names here
     /// ([`InitContext::step`]) so that recording costs an index, not a lookup.
-    fn init(&self, ctx: &InitContext) -> impl Future<Output = Result<Self::State, ScenarioError>> + Send;
+    fn init(
+        &self,
+        ctx: &InitContext,
+    ) -> impl Future<Output = Result<Self::State, ScenarioError>> + Send;
 
     /// Runs one iteration of one user. The engine calls it again per `spec.repeat`; a
     /// graceful removal lets the current iteration finish, a forced one drops it.
-    fn start(&self, user: &mut User, state: &Self::State) -> impl Future<Output = Result<(), ScenarioError>> + Send;
+    fn start(
+        &self,
+        user: &mut User,
+        state: &Self::State,
+    ) -> impl Future<Output = Result<(), ScenarioError>> + Send;
 
     /// Runs once at the end of the test (per agent).
     fn terminate(&self, _state: &Self::State) -> impl Future<Output = ()> + Send {
@@ -215,9 +222,16 @@ impl User {
     #[inline]
     pub fn record(&mut self, step: StepId, started: Instant, error: Option<ErrorKind>) {
         let now = Instant::now();
-        let intended = self.intended.take().map(|i| now.saturating_duration_since(i.min(started)));
-        self.metrics
-            .record(step, now.saturating_duration_since(started), intended, error);
+        let intended = self
+            .intended
+            .take()
+            .map(|i| now.saturating_duration_since(i.min(started)));
+        self.metrics.record(
+            step,
+            now.saturating_duration_since(started),
+            intended,
+            error,
+        );
     }
 
     /// Waits for a permit of the named throttle. The permit's intended time becomes the
@@ -234,7 +248,11 @@ impl User {
     }
 
     /// Joins the named coordinator with `data` and waits until this user's group forms.
-    pub async fn coordinate(&mut self, name: &str, data: serde_json::Value) -> Result<Coordination, ScenarioError> {
+    pub async fn coordinate(
+        &mut self,
+        name: &str,
+        data: serde_json::Value,
+    ) -> Result<Coordination, ScenarioError> {
         self.env
             .coordinators
             .join(name, self.id, data)
@@ -252,17 +270,15 @@ impl User {
     pub fn put_extension<T: Any + Send>(&mut self, value: Box<T>) {
         self.extension = Some(value);
     }
-
-    /// This worker's metrics (for scenarios that record user lifecycle events).
-    pub(crate) fn metrics(&self) -> &Arc<WorkerMetrics> {
-        &self.metrics
-    }
 }
 
 /// A scenario behind a trait object, as the engine stores it.
 pub(crate) trait DynScenario: Send + Sync + 'static {
     /// Runs `init`, returning the scenario bound to its state.
-    fn init<'a>(&'a self, ctx: &'a InitContext) -> BoxFuture<'a, Result<Arc<dyn RunningScenario>, ScenarioError>>;
+    fn init<'a>(
+        &'a self,
+        ctx: &'a InitContext,
+    ) -> BoxFuture<'a, Result<Arc<dyn RunningScenario>, ScenarioError>>;
 }
 
 /// A scenario after `init`: what the engine runs per user.
@@ -291,7 +307,10 @@ impl<S: Scenario> RunningScenario for Bound<S> {
 }
 
 impl<S: Scenario> DynScenario for Arc<S> {
-    fn init<'a>(&'a self, ctx: &'a InitContext) -> BoxFuture<'a, Result<Arc<dyn RunningScenario>, ScenarioError>> {
+    fn init<'a>(
+        &'a self,
+        ctx: &'a InitContext,
+    ) -> BoxFuture<'a, Result<Arc<dyn RunningScenario>, ScenarioError>> {
         Box::pin(async move {
             let state = Scenario::init(&**self, ctx).await?;
             Ok(Arc::new(Bound {

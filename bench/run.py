@@ -1,0 +1,308 @@
+#!/usr/bin/env python3
+"""Murmuration benchmarks, side by side with other tools, in one run on this machine.
+
+    python3 bench/run.py [--duration 10] [--connections 50] [--only throughput,memory,throttle]
+
+Installs what it needs (wrk and nginx from Debian, oha from crates.io; idempotent), builds
+`murmur` in release mode, and prints the figures and the ratios. Every load goes to
+127.0.0.1 only, and every run is bounded in time. Results are also written as JSON to
+bench/results/latest.json.
+
+Benchmarks:
+  throughput  requests/s of `murmur run` (http scenario, no think time, one connection per
+              user) against wrk and oha: same target, same connections, same duration.
+  memory      resident memory per user with 100,000 and 1,000,000 users sleeping in a
+              `think` step.
+  throttle    a Throttle of 20,000/s saturated by many users for 30 s: share of the limit
+              executed, and the busiest 1 s window.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MURMUR = ROOT / "target" / "release" / "murmur"
+CACHE = Path(os.environ.get("MURMURATION_CACHE", Path.home() / ".cache" / "murmuration"))
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, shell=isinstance(cmd, str), check=True, **kw)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, deadline=10.0):
+    end = time.time() + deadline
+    while time.time() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {deadline}s")
+
+
+def ensure_tools():
+    missing = [p for p, b in (("wrk", "wrk"), ("nginx-light", "nginx")) if not shutil.which(b)]
+    if missing:
+        log(f"installing {' '.join(missing)} from Debian")
+        sh("apt-get update -qq", stdout=subprocess.DEVNULL)
+        sh(["apt-get", "install", "-y", "-qq", *missing], stdout=subprocess.DEVNULL)
+    oha = CACHE / "bin" / "oha"
+    if not oha.exists() and not shutil.which("oha"):
+        log("building oha from crates.io (once; cached in %s)" % CACHE)
+        sh(["cargo", "install", "--locked", "--root", str(CACHE), "oha"], stdout=subprocess.DEVNULL)
+    log("building murmur (release)")
+    sh(["cargo", "build", "--release", "-q", "-p", "murmuration-agent", "--bin", "murmur"], cwd=ROOT)
+    return str(oha) if oha.exists() else shutil.which("oha")
+
+
+class Nginx:
+    """nginx with one worker on a loopback port, serving a 13-byte body."""
+
+    def __init__(self, workers=1):
+        self.dir = Path(tempfile.mkdtemp(prefix="murmur-bench-nginx-"))
+        (self.dir / "www").mkdir()
+        (self.dir / "www" / "index.html").write_text("Hello, world!")
+        self.port = free_port()
+        (self.dir / "nginx.conf").write_text(f"""
+worker_processes {workers};
+daemon off;
+pid {self.dir}/nginx.pid;
+error_log {self.dir}/error.log;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 100000000;
+  keepalive_timeout 300s;
+  server {{ listen 127.0.0.1:{self.port} reuseport; root {self.dir}/www; location / {{ }} }}
+}}
+""")
+        self.proc = subprocess.Popen(["nginx", "-c", str(self.dir / "nginx.conf")],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+        self.url = f"http://127.0.0.1:{self.port}/"
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class DemoServer:
+    """The bundled `murmur demo-server http`."""
+
+    def __init__(self, threads=1):
+        self.port = free_port()
+        self.proc = subprocess.Popen([str(MURMUR), "demo-server", "http", "--listen", f"127.0.0.1:{self.port}",
+                                      "--threads", str(threads)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+        self.url = f"http://127.0.0.1:{self.port}/"
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def wrk(url, conns, secs, threads):
+    out = subprocess.run(["wrk", f"-t{threads}", f"-c{conns}", f"-d{secs}s", url],
+                         capture_output=True, text=True, check=True, timeout=secs + 30).stdout
+    for line in out.splitlines():
+        if line.startswith("Requests/sec:"):
+            return float(line.split()[1])
+    raise RuntimeError("wrk printed no rate:\n" + out)
+
+
+def oha(binary, url, conns, secs):
+    out = subprocess.run([binary, "-c", str(conns), "-z", f"{secs}s", "--no-tui", "--output-format", "json", url],
+                         capture_output=True, text=True, check=True, timeout=secs + 60).stdout
+    return float(json.loads(out)["summary"]["requestsPerSec"])
+
+
+def murmur_run(manifest_text, workers=None, timeout=120, env=None, sample_rss_after=None):
+    """Runs `murmur run` on a manifest; returns (report, peak RSS sampled in kB or None)."""
+    d = Path(tempfile.mkdtemp(prefix="murmur-bench-"))
+    (d / "test.yaml").write_text(manifest_text)
+    cmd = [str(MURMUR), "run", str(d / "test.yaml"), "--out", str(d), "--plain", "--progress-every", "3600"]
+    if workers:
+        cmd += ["--workers", str(workers)]
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    rss = None
+    if sample_rss_after is not None:
+        time.sleep(sample_rss_after)
+        rss = rss_kb(p.pid)
+    p.wait(timeout)
+    report = json.loads((d / "report.json").read_text())
+    shutil.rmtree(d, ignore_errors=True)
+    return report, rss
+
+
+def rss_kb(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return None
+
+
+def http_manifest(url, users, secs):
+    return f"""apiVersion: murmuration.dev/v1alpha1
+kind: LoadTest
+metadata: {{name: bench}}
+spec:
+  users: {users}
+  duration: {secs}s
+  scenario:
+    http:
+      steps:
+        - request: {{name: get, url: "{url}"}}
+"""
+
+
+def bench_throughput(args, oha_bin, results):
+    log(f"throughput: {args.connections} connections, {args.duration}s per tool")
+    rows = []
+    for target_name, make in (("nginx", lambda: Nginx(1)), ("murmur demo-server", lambda: DemoServer(1))):
+        target = make()
+        try:
+            for threads in (1, 2):
+                w = wrk(target.url, args.connections, args.duration, threads)
+                o = oha(oha_bin, target.url, args.connections, args.duration) if (oha_bin and threads == 1) else None
+                rep, _ = murmur_run(http_manifest(target.url, args.connections, args.duration), workers=threads)
+                m = rep["total"]["requests"] / rep["durationS"]
+                errors = rep["total"]["errors"]
+                rows.append(dict(target=target_name, threads=threads, wrk=w, oha=o, murmur=m, murmur_errors=errors))
+        finally:
+            target.stop()
+    print("\n## Throughput (requests/s; same target, connections and duration)")
+    print(f"{'target':<20} {'threads':>7} {'wrk':>10} {'oha':>10} {'murmur':>10} {'murmur/wrk':>11} {'murmur/oha':>11}")
+    for r in rows:
+        oha_s = f"{r['oha']:>10.0f}" if r["oha"] else f"{'-':>10}"
+        ratio_o = f"{r['murmur'] / r['oha']:>11.2f}" if r["oha"] else f"{'-':>11}"
+        print(f"{r['target']:<20} {r['threads']:>7} {r['wrk']:>10.0f} {oha_s} {r['murmur']:>10.0f} "
+              f"{r['murmur'] / r['wrk']:>11.2f} {ratio_o}")
+    results["throughput"] = rows
+
+
+def think_manifest(users, secs):
+    return f"""apiVersion: murmuration.dev/v1alpha1
+kind: LoadTest
+metadata: {{name: memory}}
+spec:
+  users: {users}
+  duration: {secs}s
+  scenario:
+    http:
+      steps:
+        - think: {{duration: 10m}}
+"""
+
+
+def bench_memory(args, results):
+    log("memory: users sleeping in a think step")
+    base_report, base = murmur_run(think_manifest(1, 6), sample_rss_after=3)
+    rows = []
+    for users, wait, secs in ((100_000, 4, 8), (1_000_000, 15, 25)):
+        rep, rss = murmur_run(think_manifest(users, secs), sample_rss_after=wait, timeout=secs + 120)
+        per_user = (rss - base) * 1024 / users
+        rows.append(dict(users=users, rss_kb=rss, baseline_kb=base, bytes_per_user=per_user,
+                         started=rep["users"]["started"]))
+    print("\n## Memory (users sleeping in `think`; resident memory of the whole process)")
+    print(f"{'users':>10} {'RSS':>10} {'per user':>10}   (baseline with 1 user: {base / 1024:.1f} MiB)")
+    for r in rows:
+        print(f"{r['users']:>10} {r['rss_kb'] / 1024:>8.1f}Mi {r['bytes_per_user']:>8.0f} B")
+    print("   amoc: ~2.6 KiB per Erlang process alone; Locust ~1 MB per user; k6 0.4-5 MB per VU")
+    results["memory"] = rows
+
+
+def bench_throttle(args, results):
+    rate, secs, users = 20_000, args.throttle_seconds, 2000
+    log(f"throttle: {rate}/s saturated by {users} users for {secs}s")
+    target = Nginx(1)
+    try:
+        manifest = f"""apiVersion: murmuration.dev/v1alpha1
+kind: LoadTest
+metadata: {{name: throttle}}
+spec:
+  users: {users}
+  duration: {secs}s
+  scenario:
+    http:
+      steps:
+        - throttle: limit
+        - request: {{name: get, url: "{target.url}"}}
+---
+apiVersion: murmuration.dev/v1alpha1
+kind: Throttle
+metadata: {{name: limit}}
+spec:
+  rate: {rate}
+  interval: 1s
+"""
+        rep, _ = murmur_run(manifest, timeout=secs + 120)
+    finally:
+        target.stop()
+    thr = rep["throttles"][0]
+    # Full seconds only (the first and last buckets are partial: users starting, stopping).
+    series = rep["series"]
+    windows = []
+    prev_t = 0.0
+    for p in series:
+        span = p["t"] - prev_t
+        prev_t = p["t"]
+        windows.append((span, p["requests"]))
+    full = windows[1:-1]
+    busiest = max((n / span for span, n in full), default=0)
+    executed_rate = thr["executed"] / rep["durationS"]
+    steady = sum(n for _, n in full) / max(sum(s for s, _ in full), 1e-9)
+    print("\n## Throttle precision (limit 20,000/s, saturated)")
+    print(f"executed {thr['executed']} permits in {rep['durationS']:.1f}s: {executed_rate:.0f}/s overall, "
+          f"{steady:.0f}/s in full seconds = {steady / rate * 100:.2f}% of the limit")
+    print(f"busiest 1 s window: {busiest:.0f}/s ({'within' if busiest <= rate * 1.001 else 'ABOVE'} the limit); "
+          f"errors: {rep['total']['errors']}")
+    results["throttle"] = dict(rate=rate, seconds=secs, executed=thr["executed"], steady_per_s=steady,
+                               busiest_window_per_s=busiest, errors=rep["total"]["errors"])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=int, default=10, help="seconds per throughput run")
+    ap.add_argument("--connections", type=int, default=50)
+    ap.add_argument("--throttle-seconds", type=int, default=30)
+    ap.add_argument("--only", default="throughput,memory,throttle")
+    args = ap.parse_args()
+    oha_bin = ensure_tools()
+    results = dict(machine=dict(cores=os.cpu_count()), when=time.strftime("%Y-%m-%d %H:%M:%S"))
+    todo = args.only.split(",")
+    if "throughput" in todo:
+        bench_throughput(args, oha_bin, results)
+    if "memory" in todo:
+        bench_memory(args, results)
+    if "throttle" in todo:
+        bench_throttle(args, results)
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "latest.json").write_text(json.dumps(results, indent=2))
+    log(f"\nresults written to {out / 'latest.json'}")
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    main()
