@@ -16,14 +16,20 @@ use murmuration_e2e::util::{http_get, poll_until, scaled};
 use murmuration_e2e::{procs, ControlPlane, ImageRunner, KubeletConfig, Result};
 use serde_json::json;
 
-/// The HTTP server the test runs as a pod: image, how to run it, and its arguments.
-/// Switch to the project's demo server by mapping the image to `murmur`:
-/// `("murmuration/agent", ImageRunner::cargo("murmuration-agent", "murmur"), &["demo-server", "http", "--listen", "$(POD_IP):8080"])`.
+/// The HTTP server the test runs as a pod: the project's agent image running
+/// `murmur demo-server http` on its pod IP.
 fn http_server() -> (&'static str, ImageRunner, &'static [&'static str]) {
     (
-        "murmuration/test-echo",
-        ImageRunner::path(env!("CARGO_BIN_EXE_e2e-http-echo")),
-        &["--listen", "$(POD_IP):8080"],
+        "murmuration/agent",
+        ImageRunner::cargo("murmuration-agent", "murmur"),
+        &[
+            "demo-server",
+            "http",
+            "--listen",
+            "$(POD_IP):8080",
+            "--threads",
+            "1",
+        ],
     )
 }
 
