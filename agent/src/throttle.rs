@@ -1,9 +1,42 @@
-//! INTERFACE STUB — being replaced by the throttle implementation (see helper task).
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+//! Throttles: a rate limit shared by users (amoc's throttle). `rate` permits per
+//! `interval`, spread evenly (one every `interval / rate`), never in bursts; `interval: 0s`
+//! turns it into a limit on parallel executions.
+//!
+//! The guarantee: in **any** window of length `interval` (sliding, not only aligned ones),
+//! at most `rate` permits are granted, where `rate` is the limit in force at the time of
+//! each grant. A dispatcher task grants permits in FIFO order at their slot times; tokio's
+//! timers wake it with millisecond resolution, so at high rates it grants the permits that
+//! fell due since its last wake-up together, but a record of the last `rate` grant times
+//! refuses any grant that would put `rate + 1` grants into one window. Capacity unused while
+//! nobody waits is not banked: after an idle spell pacing starts afresh.
+//!
+//! In a distributed test each agent holds such a throttle with its share of the limit
+//! (the master calls [`Throttle::set_limit`]); the shares sum to the limit, so the sum of
+//! the agents' grants obeys it too.
 
-/// A throttle's limit: `rate` permits per `interval`; interval zero = max parallel.
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+// tokio's clock, so that tests with a paused clock see the throttle move with it.
+use tokio::time::Instant;
+
+use murmuration_crds::units::parse_duration;
+use murmuration_crds::ThrottleSpec;
+use parking_lot::Mutex;
+use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
+
+/// Above this rate the record of grant times would cost more than 16 MB; such throttles
+/// rely on pacing alone (which can exceed the limit by the permits of one timer tick).
+const MAX_RECORDED_GRANTS: u64 = 1_000_000;
+
+/// How far behind its slots the dispatcher may catch up after a late wake-up: timer
+/// resolution, not idle time.
+const CATCH_UP: Duration = Duration::from_millis(2);
+
+/// A throttle's limit: `rate` permits per `interval`; `interval` zero means at most `rate`
+/// executions at the same time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limit {
     /// Permits per interval (or parallel executions when `interval` is zero).
@@ -12,76 +45,728 @@ pub struct Limit {
     pub interval: Duration,
 }
 
-/// Permit.
+/// The right to run one action. For a parallel limit (`interval: 0s`) the slot is held
+/// until the permit is dropped.
 pub struct Permit {
-    /// When the action should have started.
-    pub intended: Instant,
+    /// When the action should have started: the permit's slot in the even pacing. Latency
+    /// measured from here does not hide the wait that a slow system imposed (coordinated
+    /// omission).
+    pub intended: std::time::Instant,
+    /// When the throttle granted it: the times its guarantee is about.
+    pub granted: std::time::Instant,
+    _slot: Option<OwnedSemaphorePermit>,
 }
 
-/// Figures.
+/// A throttle's figures.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ThrottleStats {
-    /// rate
+    /// The rate in force now.
     pub rate: u64,
-    /// requested
+    /// Permits asked for since the start.
     pub requested: u64,
-    /// executed
+    /// Permits granted since the start.
     pub executed: u64,
-    /// waiting
+    /// Users waiting for a permit now.
     pub waiting: u64,
 }
 
-/// Throttle.
+/// A gradual change of the rate (amoc's `change_rate_gradually`).
+#[derive(Debug, Clone, Copy)]
+struct Ramp {
+    start: Instant,
+    from: u64,
+    to: u64,
+    step: u64,
+    every: Duration,
+}
+
+impl Ramp {
+    fn rate_at(&self, now: Instant) -> u64 {
+        let steps = (now.saturating_duration_since(self.start).as_nanos()
+            / self.every.as_nanos().max(1)) as u64;
+        let moved = steps.saturating_mul(self.step);
+        if self.to >= self.from {
+            self.from.saturating_add(moved).min(self.to)
+        } else {
+            self.from.saturating_sub(moved).max(self.to)
+        }
+    }
+
+    fn next_step(&self, now: Instant) -> Option<Instant> {
+        if self.rate_at(now) == self.to {
+            return None;
+        }
+        let every = self.every.as_nanos().max(1);
+        let steps = now.saturating_duration_since(self.start).as_nanos() / every + 1;
+        Some(self.start + Duration::from_nanos((steps * every) as u64))
+    }
+}
+
+struct Waiter {
+    /// Gets (slot, grant time).
+    tx: oneshot::Sender<(Instant, Instant)>,
+}
+
+struct State {
+    limit: Limit,
+    ramp: Option<Ramp>,
+    queue: VecDeque<Waiter>,
+    /// The slot of the next permit (pacing).
+    next_slot: Option<Instant>,
+    /// Times of the last grants, at most `rate` of them (the sliding-window proof).
+    grants: VecDeque<Instant>,
+    dispatcher: bool,
+    /// For parallel limits.
+    parallel: Arc<Semaphore>,
+}
+
+impl State {
+    fn rate(&self, now: Instant) -> u64 {
+        match &self.ramp {
+            Some(r) => r.rate_at(now),
+            None => self.limit.rate,
+        }
+    }
+}
+
+/// A named rate limit.
 pub struct Throttle {
     name: String,
+    state: Mutex<State>,
+    /// Wakes the dispatcher: a waiter arrived, the limit changed, or the throttle is gone.
+    wake: Arc<Notify>,
+    requested: AtomicU64,
+    executed: AtomicU64,
+    waiting: AtomicU64,
+    /// Run the dispatcher on the first waiter's runtime instead of a thread of its own
+    /// (tests with a paused clock).
+    dispatch_here: bool,
+}
+
+enum Next {
+    Idle,
+    At(Instant),
+}
+
+/// Keeps `waiting` right when a waiter gives up (its user removed).
+struct WaitGuard<'a>(&'a AtomicU64, bool);
+
+impl Drop for WaitGuard<'_> {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Throttle {
-    /// new
-    pub fn new(name: impl Into<String>, _limit: Limit) -> Arc<Throttle> {
-        Arc::new(Throttle { name: name.into() })
+    /// A throttle with `limit`.
+    pub fn new(name: impl Into<String>, limit: Limit) -> Arc<Throttle> {
+        Arc::new(Throttle {
+            name: name.into(),
+            state: Mutex::new(State {
+                limit,
+                ramp: None,
+                queue: VecDeque::new(),
+                next_slot: None,
+                grants: VecDeque::new(),
+                dispatcher: false,
+                parallel: Arc::new(Semaphore::new(limit.rate as usize)),
+            }),
+            wake: Arc::new(Notify::new()),
+            requested: AtomicU64::new(0),
+            executed: AtomicU64::new(0),
+            waiting: AtomicU64::new(0),
+            dispatch_here: false,
+        })
     }
-    /// name
+
+    /// A throttle whose dispatcher runs on the runtime of its first waiter, so that it
+    /// follows that runtime's (paused) clock.
+    #[cfg(test)]
+    fn new_here(name: &str, limit: Limit) -> Arc<Throttle> {
+        let mut t = Throttle::new(name, limit);
+        Arc::get_mut(&mut t).expect("not shared yet").dispatch_here = true;
+        t
+    }
+
+    /// Its name.
     pub fn name(&self) -> &str {
         &self.name
     }
-    /// acquire
-    pub async fn acquire(&self) -> Permit {
-        Permit {
-            intended: Instant::now(),
+
+    /// The limit as set (a ramp moves the rate in force; see [`Throttle::stats`]).
+    pub fn limit(&self) -> Limit {
+        self.state.lock().limit
+    }
+
+    /// Waits for a permit (FIFO among waiters).
+    pub async fn acquire(self: &Arc<Self>) -> Permit {
+        self.requested.fetch_add(1, Ordering::Relaxed);
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let mut guard = WaitGuard(&self.waiting, false);
+        loop {
+            let (parallel, rx) = {
+                let mut st = self.state.lock();
+                if st.limit.interval.is_zero() {
+                    (Some(st.parallel.clone()), None)
+                } else {
+                    let (tx, rx) = oneshot::channel();
+                    st.queue.push_back(Waiter { tx });
+                    if !st.dispatcher {
+                        st.dispatcher = true;
+                        self.start_dispatcher();
+                    }
+                    (None, Some(rx))
+                }
+            };
+            if let Some(sem) = parallel {
+                // Closed when the limit stops being a parallel one: ask again.
+                if let Ok(slot) = sem.acquire_owned().await {
+                    guard.1 = true;
+                    self.waiting.fetch_sub(1, Ordering::Relaxed);
+                    self.executed.fetch_add(1, Ordering::Relaxed);
+                    let now = Instant::now().into_std();
+                    return Permit {
+                        intended: now,
+                        granted: now,
+                        _slot: Some(slot),
+                    };
+                }
+                continue;
+            }
+            self.wake.notify_one();
+            match rx.expect("set above").await {
+                Ok((slot, granted)) => {
+                    // The dispatcher counted the grant and the wait.
+                    guard.1 = true;
+                    return Permit {
+                        intended: slot.into_std(),
+                        granted: granted.into_std(),
+                        _slot: None,
+                    };
+                }
+                // The limit became a parallel one: ask again.
+                Err(_) => continue,
+            }
         }
     }
-    /// stats
+
+    /// Changes the limit now: waiters are paced at the new rate from their next grant on,
+    /// and the sliding-window record holds the new rate against earlier grants.
+    pub fn set_limit(&self, limit: Limit) {
+        let mut st = self.state.lock();
+        let was_parallel = st.limit.interval.is_zero();
+        let old = st.limit;
+        st.limit = limit;
+        st.ramp = None;
+        if was_parallel && limit.interval.is_zero() {
+            let (old_n, new_n) = (old.rate as usize, limit.rate as usize);
+            if new_n > old_n {
+                st.parallel.add_permits(new_n - old_n);
+            } else {
+                st.parallel.forget_permits(old_n - new_n);
+            }
+        } else if was_parallel {
+            // Waiters for a parallel slot ask again under the new limit.
+            st.parallel.close();
+            st.parallel = Arc::new(Semaphore::new(0));
+        } else if limit.interval.is_zero() {
+            st.parallel = Arc::new(Semaphore::new(limit.rate as usize));
+            // Rate waiters ask again as parallel ones.
+            st.queue.clear();
+        }
+        drop(st);
+        self.wake.notify_one();
+    }
+
+    /// Moves the rate from the current one by `step` every `every` until `to` (amoc's
+    /// `change_rate_gradually`), computed from the time elapsed: no task needed.
+    pub fn ramp(&self, to: u64, step: u64, every: Duration) {
+        let mut st = self.state.lock();
+        let now = Instant::now();
+        let from = st.rate(now);
+        st.ramp = Some(Ramp {
+            start: now,
+            from,
+            to,
+            step: step.max(1),
+            every: every.max(Duration::from_millis(1)),
+        });
+        st.limit.rate = to;
+        drop(st);
+        self.wake.notify_one();
+    }
+
+    /// Its figures now.
     pub fn stats(&self) -> ThrottleStats {
-        ThrottleStats::default()
+        let rate = self.state.lock().rate(Instant::now());
+        ThrottleStats {
+            rate,
+            requested: self.requested.load(Ordering::Relaxed),
+            executed: self.executed.load(Ordering::Relaxed),
+            waiting: self.waiting.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Grants what is due now; says when to look again.
+    fn grant_due(&self) -> Next {
+        let mut st = self.state.lock();
+        let now = Instant::now();
+        let interval = st.limit.interval;
+        if interval.is_zero() {
+            return Next::Idle;
+        }
+        let rate = st.rate(now);
+        let ramp_next = st.ramp.and_then(|r| r.next_step(now));
+        let wait = |t: Option<Instant>| match (t, ramp_next) {
+            (Some(a), Some(b)) => Next::At(a.min(b)),
+            (Some(a), None) => Next::At(a),
+            (None, Some(b)) => Next::At(b),
+            (None, None) => Next::Idle,
+        };
+        if rate == 0 {
+            return wait(None);
+        }
+        let ia = interval / rate.min(u32::MAX as u64) as u32;
+        let record = rate <= MAX_RECORDED_GRANTS;
+        while st.grants.len() as u64 > rate {
+            st.grants.pop_front();
+        }
+        loop {
+            if st.queue.is_empty() {
+                return wait(None);
+            }
+            // Do not bank idle time: at most a timer tick of catching up.
+            let earliest = now.checked_sub(CATCH_UP).unwrap_or(now);
+            let slot = st.next_slot.map_or(now, |s| s.max(earliest));
+            if slot > now {
+                return wait(Some(slot));
+            }
+            if record && st.grants.len() as u64 >= rate {
+                let oldest = *st.grants.front().expect("rate > 0 grants recorded");
+                if oldest + interval > now {
+                    return wait(Some(oldest + interval));
+                }
+            }
+            let waiter = st.queue.pop_front().expect("not empty");
+            if waiter.tx.send((slot, now)).is_err() {
+                continue; // it gave up; the slot goes to the next one
+            }
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+            self.executed.fetch_add(1, Ordering::Relaxed);
+            st.next_slot = Some(slot + ia);
+            if record {
+                st.grants.push_back(now);
+                if st.grants.len() as u64 > rate {
+                    st.grants.pop_front();
+                }
+            }
+        }
     }
 }
 
-/// Throttles by name.
+impl Throttle {
+    /// Starts the dispatcher on a thread of its own: users wait on several runtimes (one
+    /// per worker), and none of them may take the throttle's clock down with it.
+    fn start_dispatcher(self: &Arc<Self>) {
+        let throttle = Arc::downgrade(self);
+        let wake = self.wake.clone();
+        if self.dispatch_here {
+            tokio::spawn(dispatch(throttle, wake));
+            return;
+        }
+        let spawned = std::thread::Builder::new()
+            .name(format!("throttle-{}", self.name))
+            .spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                    .expect("a timer runtime builds")
+                    .block_on(dispatch(throttle, wake))
+            });
+        if let Err(e) = spawned {
+            // Without a thread, grant from the caller's runtime rather than not at all.
+            tracing::warn!(throttle = %self.name, "no dispatcher thread ({e}); using the current runtime");
+            tokio::spawn(dispatch(Arc::downgrade(self), self.wake.clone()));
+        }
+    }
+}
+
+impl Drop for Throttle {
+    fn drop(&mut self) {
+        // Lets the dispatcher see that the throttle is gone and end.
+        self.wake.notify_one();
+    }
+}
+
+/// The dispatcher of a rate throttle: grants permits at their slots. It holds the throttle
+/// only while granting, and ends when the throttle is gone.
+async fn dispatch(throttle: std::sync::Weak<Throttle>, wake: Arc<Notify>) {
+    loop {
+        let notified = wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let next = match throttle.upgrade() {
+            Some(t) => t.grant_due(),
+            None => return,
+        };
+        match next {
+            Next::Idle => notified.await,
+            Next::At(at) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at) => {}
+                    _ = notified => {}
+                }
+            }
+        }
+    }
+}
+
+/// The throttles of a test, by name.
 #[derive(Default, Clone)]
 pub struct Throttles {
     map: HashMap<String, Arc<Throttle>>,
 }
 
 impl Throttles {
+    /// Builds the throttles of a test from their specs; errors name the throttle and field.
+    pub fn from_specs<'a>(
+        specs: impl Iterator<Item = (&'a str, &'a ThrottleSpec)>,
+    ) -> Result<Throttles, String> {
+        let mut t = Throttles::default();
+        for (name, spec) in specs {
+            let limit = limit_of(name, spec)?;
+            let throttle = Throttle::new(name, limit);
+            if let Some(r) = &spec.ramp {
+                let every = parse_duration(&r.every)
+                    .map_err(|e| format!("Throttle {name}: spec.ramp.every: {e}"))?;
+                if every.is_zero() {
+                    return Err(format!(
+                        "Throttle {name}: spec.ramp.every: must be longer than zero"
+                    ));
+                }
+                if r.step < 1 {
+                    return Err(format!(
+                        "Throttle {name}: spec.ramp.step: must be at least 1"
+                    ));
+                }
+                if r.to < 0 {
+                    return Err(format!("Throttle {name}: spec.ramp.to: cannot be negative"));
+                }
+                throttle.ramp(r.to as u64, r.step as u64, every);
+            }
+            t.insert(throttle);
+        }
+        Ok(t)
+    }
+
     /// Adds one.
     pub fn insert(&mut self, t: Arc<Throttle>) {
         self.map.insert(t.name().to_owned(), t);
     }
-    /// get
+
+    /// The throttle of that name.
     pub fn get(&self, name: &str) -> Option<Arc<Throttle>> {
         self.map.get(name).cloned()
     }
-    /// all
+
+    /// All of them, by name.
     pub fn all(&self) -> Vec<Arc<Throttle>> {
-        self.map.values().cloned().collect()
+        let mut v: Vec<Arc<Throttle>> = self.map.values().cloned().collect();
+        v.sort_by(|a, b| a.name().cmp(b.name()));
+        v
     }
 }
-impl Throttles {
-    /// Builds the throttles of a test.
-    pub fn from_specs<'a>(
-        _i: impl Iterator<Item = (&'a str, &'a murmuration_crds::ThrottleSpec)>,
-    ) -> Result<Throttles, String> {
-        Ok(Throttles::default())
+
+/// The limit a spec asks for.
+pub fn limit_of(name: &str, spec: &ThrottleSpec) -> Result<Limit, String> {
+    if spec.rate < 0 {
+        return Err(format!("Throttle {name}: spec.rate: cannot be negative"));
+    }
+    let interval = match &spec.interval {
+        Some(i) => parse_duration(i).map_err(|e| format!("Throttle {name}: spec.interval: {e}"))?,
+        None => Duration::from_secs(60),
+    };
+    if !interval.is_zero() && interval < Duration::from_millis(1) {
+        return Err(format!(
+            "Throttle {name}: spec.interval: must be 0s or at least 1ms"
+        ));
+    }
+    Ok(Limit {
+        rate: spec.rate as u64,
+        interval,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Largest number of grant times in any window of length `w` (sliding).
+    fn busiest(times: &[Instant], w: Duration) -> usize {
+        let mut best = 0;
+        let mut j = 0;
+        for i in 0..times.len() {
+            while times[i].duration_since(times[j]) >= w {
+                j += 1;
+            }
+            best = best.max(i - j + 1);
+        }
+        best
+    }
+
+    async fn saturate(t: &Arc<Throttle>, users: usize, for_: Duration) -> Vec<Instant> {
+        let times = Arc::new(Mutex::new(Vec::new()));
+        let end = Instant::now() + for_;
+        let mut tasks = Vec::new();
+        for _ in 0..users {
+            let t = t.clone();
+            let times = times.clone();
+            tasks.push(tokio::spawn(async move {
+                while Instant::now() < end {
+                    let p = t.acquire().await;
+                    let granted = Instant::from_std(p.granted);
+                    if granted < end {
+                        times.lock().push(granted);
+                    }
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let mut v = times.lock().clone();
+        v.sort();
+        v
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn never_more_than_the_rate_in_any_window_and_close_to_it() {
+        let t = Throttle::new(
+            "t",
+            Limit {
+                rate: 2000,
+                interval: Duration::from_millis(100),
+            },
+        );
+        let times = saturate(&t, 200, Duration::from_millis(1500)).await;
+        let b = busiest(&times, Duration::from_millis(100));
+        assert!(b <= 2000, "{b} grants in one 100 ms window");
+        // 20,000/s for 1.5 s, less the last users' stragglers.
+        let n = t.stats().executed as f64;
+        assert!(n >= 0.95 * 30_000.0, "only {n} granted of 30000");
+        assert_eq!(t.stats().waiting, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn permits_are_spread_evenly_not_in_a_burst() {
+        let t = Throttle::new_here(
+            "t",
+            Limit {
+                rate: 10,
+                interval: Duration::from_secs(1),
+            },
+        );
+        let start = Instant::now();
+        let times = saturate(&t, 5, Duration::from_millis(1950)).await;
+        // One every 100 ms from the start.
+        for (i, at) in times.iter().take(19).enumerate() {
+            let expected = Duration::from_millis(100 * i as u64);
+            let got = at.duration_since(start);
+            assert!(
+                got + Duration::from_millis(5) >= expected
+                    && got <= expected + Duration::from_millis(5),
+                "grant {i} at {got:?}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_capacity_is_not_banked() {
+        let t = Throttle::new_here(
+            "t",
+            Limit {
+                rate: 10,
+                interval: Duration::from_secs(1),
+            },
+        );
+        t.acquire().await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let start = Instant::now();
+        let times = saturate(&t, 3, Duration::from_millis(450)).await;
+        assert!(
+            times.len() <= 5,
+            "{} grants in 450 ms after an idle spell",
+            times.len()
+        );
+        assert!(times[1].duration_since(start) >= Duration::from_millis(95));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_parallel_limit_holds_slots_until_dropped() {
+        let t = Throttle::new_here(
+            "p",
+            Limit {
+                rate: 3,
+                interval: Duration::ZERO,
+            },
+        );
+        let a = t.acquire().await;
+        let _b = t.acquire().await;
+        let _c = t.acquire().await;
+        let t2 = t.clone();
+        let fourth = tokio::spawn(async move { t2.acquire().await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!fourth.is_finished(), "a fourth execution ran in parallel");
+        assert_eq!(t.stats().waiting, 1);
+        drop(a);
+        fourth.await.unwrap();
+        assert_eq!(t.stats().executed, 4);
+        t.set_limit(Limit {
+            rate: 5,
+            interval: Duration::ZERO,
+        });
+        let _d = t.acquire().await;
+        let _e = t.acquire().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_changed_rate_applies_at_once() {
+        let t = Throttle::new_here(
+            "t",
+            Limit {
+                rate: 100,
+                interval: Duration::from_secs(1),
+            },
+        );
+        let t2 = t.clone();
+        let changer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            t2.set_limit(Limit {
+                rate: 10,
+                interval: Duration::from_secs(1),
+            });
+        });
+        let times = saturate(&t, 20, Duration::from_secs(3)).await;
+        changer.await.unwrap();
+        let start = times[0];
+        let after: Vec<Instant> = times
+            .iter()
+            .copied()
+            .filter(|x| x.duration_since(start) >= Duration::from_millis(1000))
+            .collect();
+        // The old rate's grants of the last second count against the new limit: nothing
+        // for a while, then 10/s.
+        assert!(
+            busiest(&after, Duration::from_secs(1)) <= 10,
+            "{}",
+            busiest(&after, Duration::from_secs(1))
+        );
+        assert!(
+            after.len() >= 9 && after.len() <= 21,
+            "{} grants after the change",
+            after.len()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_ramp_steps_the_rate() {
+        let t = Throttle::new_here(
+            "t",
+            Limit {
+                rate: 10,
+                interval: Duration::from_secs(1),
+            },
+        );
+        t.ramp(40, 10, Duration::from_secs(1));
+        assert_eq!(t.stats().rate, 10);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(t.stats().rate, 20);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(t.stats().rate, 40, "stops at `to`");
+        t.ramp(5, 20, Duration::from_secs(1));
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(t.stats().rate, 20);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(t.stats().rate, 5, "down, and not below `to`");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_that_gives_up_leaks_nothing() {
+        let t = Throttle::new_here(
+            "t",
+            Limit {
+                rate: 1,
+                interval: Duration::from_secs(10),
+            },
+        );
+        t.acquire().await;
+        let t2 = t.clone();
+        let gone = tokio::spawn(async move { t2.acquire().await });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(t.stats().waiting, 1);
+        gone.abort();
+        let _ = gone.await;
+        assert_eq!(t.stats().waiting, 0);
+        // The slot it would have had goes to the next one.
+        let start = Instant::now();
+        t.acquire().await;
+        assert!(start.elapsed() <= Duration::from_secs(10));
+        assert_eq!(t.stats().executed, 2);
+        assert_eq!(t.stats().requested, 3);
+    }
+
+    #[test]
+    fn waiters_on_two_runtimes_share_one_throttle() {
+        let t = Throttle::new(
+            "t",
+            Limit {
+                rate: 200,
+                interval: Duration::from_millis(100),
+            },
+        );
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let t = t.clone();
+                std::thread::spawn(move || {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap()
+                        .block_on(async move { saturate(&t, 20, Duration::from_millis(500)).await })
+                })
+            })
+            .collect();
+        let mut all: Vec<Instant> = threads
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        all.sort();
+        assert!(busiest(&all, Duration::from_millis(100)) <= 200);
+        assert!(all.len() >= 700, "{} grants in 500 ms at 2000/s", all.len());
+    }
+
+    #[test]
+    fn specs_are_checked() {
+        let spec = |rate: i64, interval: Option<&str>| ThrottleSpec {
+            load_test: None,
+            rate,
+            interval: interval.map(Into::into),
+            ramp: None,
+        };
+        assert_eq!(
+            limit_of("a", &spec(5, None)).unwrap(),
+            Limit {
+                rate: 5,
+                interval: Duration::from_secs(60)
+            }
+        );
+        assert!(limit_of("a", &spec(-1, None))
+            .unwrap_err()
+            .contains("spec.rate"));
+        assert!(limit_of("a", &spec(5, Some("fast")))
+            .unwrap_err()
+            .contains("Throttle a: spec.interval"));
     }
 }
