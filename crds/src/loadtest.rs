@@ -388,6 +388,12 @@ pub struct MessagingScenario {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "optional_duration_string")]
     pub silence: Option<String>,
+
+    /// How many neighbours on each side a user writes to (user N writes to N-k..N+k).
+    /// Default 10, as in the demo.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub neighbours: Option<u32>,
 }
 
 /// A scenario written in Rust and registered in the agent binary under `name`.
