@@ -195,7 +195,7 @@ mod tests {
             v,
             [serde_json::json!({"a": 1}), serde_json::json!({"b": 2})]
         );
-        assert_eq!(buf, b"{\"c\":");
+        assert_eq!(buf, b"\n{\"c\":");
         buf.extend_from_slice(b"3}");
         assert_eq!(decode_all(&mut buf).unwrap(), [serde_json::json!({"c": 3})]);
         assert!(buf.is_empty());
