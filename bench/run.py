@@ -235,7 +235,7 @@ def bench_memory(args, results):
 def bench_throttle(args, results):
     rate, secs, users = 20_000, args.throttle_seconds, 2000
     log(f"throttle: {rate}/s saturated by {users} users for {secs}s")
-    target = Nginx(1)
+    target = DemoServer(1)
     try:
         manifest = f"""apiVersion: murmuration.dev/v1alpha1
 kind: LoadTest
@@ -276,7 +276,7 @@ spec:
     print(f"executed {thr['executed']} permits in {rep['durationS']:.1f}s: {executed_rate:.0f}/s overall, "
           f"{steady:.0f}/s in full seconds = {steady / rate * 100:.2f}% of the limit")
     print(f"busiest 1 s window: {busiest:.0f}/s ({'within' if busiest <= rate * 1.001 else 'ABOVE'} the limit); "
-          f"errors: {rep['total']['errors']}")
+          f"errors: {rep['total']['errors']} {rep['total']['errorsByKind']}")
     results["throttle"] = dict(rate=rate, seconds=secs, executed=thr["executed"], steady_per_s=steady,
                                busiest_window_per_s=busiest, errors=rep["total"]["errors"])
 
