@@ -81,6 +81,10 @@ class Nginx:
         self.dir = Path(tempfile.mkdtemp(prefix="murmur-bench-nginx-"))
         (self.dir / "www").mkdir()
         (self.dir / "www" / "index.html").write_text("Hello, world!")
+        # nginx's workers drop root's rights: they must be able to read the page, or every
+        # tool would be measured on 403s.
+        for p in (self.dir, self.dir / "www", self.dir / "www" / "index.html"):
+            p.chmod(0o755)
         self.port = free_port()
         (self.dir / "nginx.conf").write_text(f"""
 worker_processes {workers};
@@ -188,6 +192,9 @@ def bench_throughput(args, oha_bin, results):
                 rep, _ = murmur_run(http_manifest(target.url, args.connections, args.duration), workers=threads)
                 m = rep["total"]["requests"] / rep["durationS"]
                 errors = rep["total"]["errors"]
+                if errors:
+                    raise RuntimeError(f"murmur saw {errors} errors against {target_name}: "
+                                       f"{rep['total']['errorsByKind']}; the figures would compare failures")
                 rows.append(dict(target=target_name, threads=threads, wrk=w, oha=o, murmur=m, murmur_errors=errors))
         finally:
             target.stop()
