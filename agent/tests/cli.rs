@@ -204,22 +204,41 @@ extern "C" {
     fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
+/// Builds `examples/custom_murmur.rs` as the program a user would build. `cargo test
+/// --all-targets` builds examples only as test harnesses, so the test asks cargo itself
+/// (cargo releases its build lock before it runs the tests); the library is already
+/// built, so this compiles the example alone.
+fn build_custom_murmur() -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args([
+            "build",
+            "-p",
+            "murmuration-agent",
+            "--example",
+            "custom_murmur",
+            "--message-format=json-render-diagnostics",
+        ])
+        .current_dir(repo())
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cargo build --example custom_murmur failed"
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "custom_murmur")
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .expect("cargo names the custom_murmur executable it built")
+}
+
 #[test]
 fn a_custom_murmur_runs_its_own_scenario() {
-    // Built by `cargo test` next to this test's binary.
-    let exe = std::env::current_exe().unwrap();
-    let example = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join("custom_murmur");
-    assert!(
-        example.exists(),
-        "{} is built by cargo test",
-        example.display()
-    );
+    let example = build_custom_murmur();
     let server = Command::new(MURMUR)
         .args([
             "demo-server",
