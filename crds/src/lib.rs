@@ -9,6 +9,7 @@
 // duplicates.
 #![allow(clippy::duplicated_attributes)]
 
+pub mod api;
 pub mod coordinator;
 pub mod crd;
 pub mod loadtest;
