@@ -28,7 +28,7 @@ use crate::report::{
     REPORT_FORMAT,
 };
 use crate::scenario::{
-    DynScenario, InitContext, Registry, ScenarioError, TestEnv, User, UserId, Vars,
+    DynScenario, InitContext, Registry, RunningScenario, ScenarioError, TestEnv, User, UserId, Vars,
 };
 use crate::throttle::Throttles;
 use crate::users::{revive, stop_slot, Shared, UserRun, UserSlot, WorkerCtx, RUNNING};
@@ -198,192 +198,443 @@ pub fn test_env(plan: &TestPlan) -> Result<Arc<TestEnv>, EngineError> {
     }))
 }
 
-/// A test in progress: what the controller keeps.
-struct Run {
-    plan: TestPlan,
+/// The users of one process: worker threads running user tasks, and their metrics. The
+/// local controller ([`run_test`]) and an agent following its master both drive users
+/// through it, by id.
+pub struct Engine {
     env: Arc<TestEnv>,
-    opts: EngineOptions,
+    scenario: Arc<dyn RunningScenario>,
     /// Orders to each worker; emptied at the end so that workers wind down.
     workers: Vec<mpsc::UnboundedSender<WorkerCmd>>,
-    /// Each worker's metrics, read by the collector.
-    metrics: Vec<Arc<WorkerMetrics>>,
+    /// Each worker's books, for its metrics and its running users.
+    ctxs: Vec<Arc<WorkerCtx>>,
     threads: Vec<std::thread::JoinHandle<()>>,
     shared: Arc<Shared>,
+}
+
+impl Engine {
+    /// Runs the scenario's `init` and starts `workers` worker threads (no user yet).
+    /// `track_ended` keeps the ids of users that end by themselves ([`Engine::take_ended`]).
+    pub async fn start(
+        plan: &TestPlan,
+        registry: &Registry,
+        env: Arc<TestEnv>,
+        workers: usize,
+        track_ended: bool,
+    ) -> Result<Engine, EngineError> {
+        let (scenario, config) = scenario_of(plan, registry)?;
+        let init = InitContext {
+            env: env.clone(),
+            config,
+        };
+        let running = scenario.init(&init).await.map_err(EngineError::Init)?;
+        let shared = Arc::new(Shared {
+            track_ended,
+            ..Shared::default()
+        });
+        let mut engine = Engine {
+            env: env.clone(),
+            scenario: running.clone(),
+            workers: Vec::new(),
+            ctxs: Vec::new(),
+            threads: Vec::new(),
+            shared: shared.clone(),
+        };
+        for i in 0..workers.max(1) {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let ctx = Arc::new(WorkerCtx {
+                env: env.clone(),
+                scenario: running.clone(),
+                metrics: WorkerMetrics::new(),
+                repeat: plan.repeat,
+                users: Mutex::new(HashMap::new()),
+                shared: shared.clone(),
+            });
+            let worker_ctx = ctx.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("murmur-worker-{i}"))
+                .spawn(move || worker_main(worker_ctx, rx))
+                .map_err(EngineError::Thread)?;
+            engine.workers.push(tx);
+            engine.ctxs.push(ctx);
+            engine.threads.push(thread);
+        }
+        Ok(engine)
+    }
+
+    /// The environment its users share.
+    pub fn env(&self) -> &Arc<TestEnv> {
+        &self.env
+    }
+
+    /// Worker threads.
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    fn worker_of(&self, id: UserId) -> usize {
+        (id % self.workers.len().max(1) as u64) as usize
+    }
+
+    /// Starts users `ids` (a user still finishing its last iteration carries on instead).
+    /// Returns how many users run now.
+    pub fn start_users(&self, ids: impl IntoIterator<Item = UserId>) -> u64 {
+        let mut batches: Vec<Vec<UserId>> = vec![Vec::new(); self.workers.len()];
+        let mut n = 0;
+        for id in ids {
+            batches[self.worker_of(id)].push(id);
+            n += 1;
+        }
+        // Counted as running from now on, so that "everyone has finished" cannot be seen
+        // before a worker has even started its batch.
+        let running = self.shared.running.fetch_add(n, Ordering::AcqRel) + n;
+        for (w, ids) in batches.into_iter().enumerate() {
+            if !ids.is_empty() {
+                let _ = self.workers[w].send(WorkerCmd::Start(ids));
+            }
+        }
+        running
+    }
+
+    /// Stops users `ids`: gracefully (after their iteration) or forced (at once).
+    pub fn stop_users(&self, ids: impl IntoIterator<Item = UserId>, forced: bool) {
+        let mut batches: Vec<Vec<UserId>> = vec![Vec::new(); self.workers.len()];
+        for id in ids {
+            batches[self.worker_of(id)].push(id);
+        }
+        for (w, ids) in batches.into_iter().enumerate() {
+            if !ids.is_empty() {
+                let _ = self.workers[w].send(WorkerCmd::Stop { ids, forced });
+            }
+        }
+    }
+
+    /// Stops every user.
+    pub fn stop_all(&self, forced: bool) {
+        for tx in &self.workers {
+            let _ = tx.send(WorkerCmd::StopAll { forced });
+        }
+    }
+
+    /// Users running now (including those asked to start and not yet spawned, and those
+    /// finishing their iteration after a graceful stop).
+    pub fn running(&self) -> u64 {
+        self.shared.running.load(Ordering::Acquire)
+    }
+
+    /// Ids of the users whose tasks exist now, sorted (spawned ones only: call after the
+    /// workers had a moment, as an agent does when it reconnects).
+    pub fn running_ids(&self) -> Vec<UserId> {
+        let mut ids: Vec<UserId> = self
+            .ctxs
+            .iter()
+            .flat_map(|c| c.users.lock().keys().copied().collect::<Vec<_>>())
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Ids of the users that ended by themselves since the last call (with `track_ended`).
+    pub fn take_ended(&self) -> Vec<UserId> {
+        std::mem::take(&mut *self.shared.ended.lock())
+    }
+
+    /// What every worker measured since the last call.
+    pub fn take_period(&self) -> Period {
+        let mut period = Period::default();
+        for c in &self.ctxs {
+            period.merge(&c.metrics.take());
+        }
+        period
+    }
+
+    /// Waits until no user runs (returns at once if none does).
+    pub async fn all_done(&self) {
+        loop {
+            let notified = self.shared.all_done.notified();
+            if self.running() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Stops every user gracefully, aborts those left after `grace` (or as soon as `force`
+    /// completes), waits for the workers, runs the scenario's `terminate`, and returns the
+    /// last figures.
+    pub async fn finish(
+        &mut self,
+        grace: Duration,
+        force: impl std::future::Future<Output = ()>,
+    ) -> Period {
+        self.stop_all(false);
+        let grace = tokio::time::sleep(grace);
+        tokio::pin!(grace);
+        tokio::pin!(force);
+        let mut forced = false;
+        while self.running() > 0 {
+            let all_done = self.shared.all_done.notified();
+            if self.running() == 0 {
+                break;
+            }
+            tokio::select! {
+                _ = all_done => {}
+                _ = &mut grace, if !forced => {
+                    tracing::info!(left = self.running(), "grace period over: aborting the remaining users");
+                    self.stop_all(true);
+                    forced = true;
+                }
+                _ = &mut force, if !forced => {
+                    self.stop_all(true);
+                    forced = true;
+                }
+                // Aborted users may take a moment to be dropped; look again shortly.
+                _ = tokio::time::sleep(Duration::from_millis(50)), if forced => {}
+            }
+        }
+        // Closing the order channels ends the workers; their runtimes drop what is left.
+        self.workers.clear();
+        for t in std::mem::take(&mut self.threads) {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        self.scenario.terminate().await;
+        self.take_period()
+    }
+}
+
+/// A test in progress: what the local controller keeps.
+struct Run {
+    plan: TestPlan,
+    opts: EngineOptions,
+    engine: Engine,
     /// Users wanted.
     desired: u64,
     /// Ids 1..=launched are assigned to workers (running or finished by themselves).
     launched: u64,
     started_at: Instant,
     started_at_ms: u64,
-    totals: Period,
-    series: Vec<SeriesPoint>,
-    peak: u64,
+    tally: Tally,
 }
 
 impl Run {
-    fn worker_of(&self, id: UserId) -> usize {
-        (id % self.workers.len().max(1) as u64) as usize
-    }
-
     /// Starts ids `launched+1 ..= launched+n`.
     fn launch(&mut self, n: u64) {
-        let mut batches: Vec<Vec<UserId>> = vec![Vec::new(); self.workers.len()];
-        for id in self.launched + 1..=self.launched + n {
-            batches[self.worker_of(id)].push(id);
-        }
+        let running = self
+            .engine
+            .start_users(self.launched + 1..=self.launched + n);
         self.launched += n;
-        // Counted as running from now on, so that "everyone has finished" cannot be seen
-        // before a worker has even started its batch.
-        let running = self.shared.running.fetch_add(n, Ordering::AcqRel) + n;
-        self.peak = self.peak.max(running);
-        for (w, ids) in batches.into_iter().enumerate() {
-            if !ids.is_empty() {
-                let _ = self.workers[w].send(WorkerCmd::Start(ids));
-            }
-        }
+        self.tally.peak = self.tally.peak.max(running);
     }
 
     /// Stops the `n` highest ids, gracefully.
     fn retire(&mut self, n: u64) {
-        let mut batches: Vec<Vec<UserId>> = vec![Vec::new(); self.workers.len()];
-        for id in (self.launched - n + 1..=self.launched).rev() {
-            batches[self.worker_of(id)].push(id);
-        }
+        self.engine
+            .stop_users((self.launched - n + 1..=self.launched).rev(), false);
         self.launched -= n;
-        for (w, ids) in batches.into_iter().enumerate() {
-            if !ids.is_empty() {
-                let _ = self.workers[w].send(WorkerCmd::Stop { ids, forced: false });
-            }
-        }
-    }
-
-    fn stop_all(&self, forced: bool) {
-        for tx in &self.workers {
-            let _ = tx.send(WorkerCmd::StopAll { forced });
-        }
     }
 
     fn running(&self) -> u64 {
-        self.shared.running.load(Ordering::Acquire)
+        self.engine.running()
     }
 
     /// Takes every worker's figures into the totals and the series.
     fn collect(&mut self) {
-        let mut period = Period::default();
-        for m in &self.metrics {
-            period.merge(&m.take());
-        }
-        let users = self.running();
-        self.peak = self.peak.max(users);
+        let period = self.engine.take_period();
+        self.tally.names = self.engine.env.steps.all();
         let t = self.started_at.elapsed().as_secs_f64();
-        let prev_t = self.series.last().map(|p| p.t).unwrap_or(0.0);
-        let span = (t - prev_t).max(1e-3);
-        let total = period.total();
-        let p = Percentiles::of(&total.latency);
-        self.series.push(SeriesPoint {
-            t,
-            users,
-            requests: total.requests,
-            errors: total.error_total(),
-            rps: total.requests as f64 / span,
-            p50: p.p50,
-            p90: p.p90,
-            p99: p.p99,
-            max: p.max,
-            step_requests: period.steps.iter().map(|s| s.requests).collect(),
-            step_errors: period.steps.iter().map(|s| s.error_total()).collect(),
-        });
-        self.totals.merge(&period);
+        self.tally.add(t, self.engine.running(), &period);
     }
 
     /// The report of what happened so far. `full` adds the exact histograms.
     fn report(&self, ended_by: &str, full: bool) -> Report {
-        let elapsed = self.started_at.elapsed().as_secs_f64();
-        let names = self.env.steps.all();
-        let summary = |name: &str, s: &StepStats| StepSummary {
-            name: name.to_owned(),
-            requests: s.requests,
-            errors: s.error_total(),
-            errors_by_kind: errors_by_kind(&s.errors),
-            rate: if elapsed > 0.0 {
-                s.requests as f64 / elapsed
-            } else {
-                0.0
-            },
-            latency_ms: Percentiles::of(&s.latency),
-            corrected_latency_ms: (!s.corrected.is_empty()).then(|| Percentiles::of(&s.corrected)),
-            histogram: if full {
-                encode_histogram(&s.latency)
-            } else {
-                String::new()
-            },
-        };
-        let empty = StepStats::default();
-        let steps: Vec<StepSummary> = names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| summary(n, self.totals.steps.get(i).unwrap_or(&empty)))
-            .collect();
-        let total = summary("total", &self.totals.total());
-        let u = self.totals.users;
-        let mut report = Report {
-            format: REPORT_FORMAT,
-            name: self.plan.name.clone(),
+        let env = &self.engine.env;
+        build_report(ReportParts {
+            name: &self.plan.name,
             scenario: self.plan.scenario.kind(),
             started_at_ms: self.started_at_ms,
-            duration_s: elapsed,
-            result: Outcome::Passed,
-            ended_by: ended_by.to_owned(),
-            users: UserSummary {
-                desired: self.desired,
-                peak: self.peak,
-                started: u.started,
-                finished: u.finished,
-                failed: u.failed,
-                iterations: u.iterations,
-            },
-            total,
-            steps,
-            thresholds: Vec::new(),
-            throttles: self
-                .env
-                .throttles
-                .all()
-                .iter()
-                .map(|t| {
-                    let s = t.stats();
-                    ThrottleSummary {
-                        name: t.name().to_owned(),
-                        rate: s.rate,
-                        requested: s.requested,
-                        executed: s.executed,
-                    }
-                })
-                .collect(),
-            coordinators: self
-                .env
-                .coordinators
-                .all()
-                .iter()
-                .map(|c| {
-                    let s = c.stats();
-                    CoordinatorSummary {
-                        name: c.name().to_owned(),
-                        groups: s.groups,
-                        timeouts: s.timeouts,
-                    }
-                })
-                .collect(),
-            series: self.series.clone(),
-            bucket_s: 1,
+            elapsed_s: self.started_at.elapsed().as_secs_f64(),
+            ended_by,
+            desired: self.desired,
+            tally: &self.tally,
+            names: &self.tally.names,
+            throttles: throttle_summaries(&env.throttles),
+            coordinators: coordinator_summaries(&env.coordinators),
             agents: Default::default(),
-        };
-        report.thresholds = self.plan.thresholds.evaluate(&report);
-        if report.thresholds.iter().any(|t| !t.passed) {
-            report.result = Outcome::Failed;
-        }
-        report
+            thresholds: &self.plan.thresholds,
+            full,
+        })
     }
+}
+
+/// The figures of a test so far: totals by step, the 1 s series, the peak of users.
+#[derive(Debug, Clone, Default)]
+pub struct Tally {
+    /// Step names, in the order of `totals.steps`.
+    pub names: Vec<String>,
+    /// Everything measured since the start.
+    pub totals: Period,
+    /// One point per collection period.
+    pub series: Vec<SeriesPoint>,
+    /// Most users running at once.
+    pub peak: u64,
+}
+
+impl Tally {
+    /// Adds the figures of the period that ended at `t` seconds, with `users` running.
+    pub fn add(&mut self, t: f64, users: u64, period: &Period) {
+        self.peak = self.peak.max(users);
+        self.series.push(series_point(
+            t,
+            self.series.last().map(|p| p.t).unwrap_or(0.0),
+            users,
+            period,
+        ));
+        self.totals.merge(period);
+    }
+}
+
+/// One point of a time series: the figures of `period`, which ran from `prev_t` to `t`.
+pub fn series_point(t: f64, prev_t: f64, users: u64, period: &Period) -> SeriesPoint {
+    let span = (t - prev_t).max(1e-3);
+    let total = period.total();
+    let p = Percentiles::of(&total.latency);
+    SeriesPoint {
+        t,
+        users,
+        requests: total.requests,
+        errors: total.error_total(),
+        rps: total.requests as f64 / span,
+        p50: p.p50,
+        p90: p.p90,
+        p99: p.p99,
+        max: p.max,
+        step_requests: period.steps.iter().map(|s| s.requests).collect(),
+        step_errors: period.steps.iter().map(|s| s.error_total()).collect(),
+    }
+}
+
+/// What a report is built from.
+pub struct ReportParts<'a> {
+    /// The test's name.
+    pub name: &'a str,
+    /// The scenario kind.
+    pub scenario: String,
+    /// When users started.
+    pub started_at_ms: u64,
+    /// Seconds since then.
+    pub elapsed_s: f64,
+    /// Why the test ended (or `running`).
+    pub ended_by: &'a str,
+    /// Users wanted.
+    pub desired: u64,
+    /// The figures.
+    pub tally: &'a Tally,
+    /// Step names in the order of the tally's periods.
+    pub names: &'a [String],
+    /// Throttle figures.
+    pub throttles: Vec<ThrottleSummary>,
+    /// Coordinator figures.
+    pub coordinators: Vec<CoordinatorSummary>,
+    /// Per-agent series.
+    pub agents: std::collections::BTreeMap<String, Vec<SeriesPoint>>,
+    /// The thresholds to evaluate.
+    pub thresholds: &'a crate::thresholds::Thresholds,
+    /// Add the exact histograms.
+    pub full: bool,
+}
+
+/// Builds a report (thresholds evaluated) from its parts.
+pub fn build_report(p: ReportParts<'_>) -> Report {
+    let elapsed = p.elapsed_s;
+    let summary = |name: &str, s: &StepStats| StepSummary {
+        name: name.to_owned(),
+        requests: s.requests,
+        errors: s.error_total(),
+        errors_by_kind: errors_by_kind(&s.errors),
+        rate: if elapsed > 0.0 {
+            s.requests as f64 / elapsed
+        } else {
+            0.0
+        },
+        latency_ms: Percentiles::of(&s.latency),
+        corrected_latency_ms: (!s.corrected.is_empty()).then(|| Percentiles::of(&s.corrected)),
+        histogram: if p.full {
+            encode_histogram(&s.latency)
+        } else {
+            String::new()
+        },
+    };
+    let empty = StepStats::default();
+    let totals = &p.tally.totals;
+    let steps: Vec<StepSummary> = p
+        .names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| summary(n, totals.steps.get(i).unwrap_or(&empty)))
+        .collect();
+    let total = summary("total", &totals.total());
+    let u = totals.users;
+    let mut report = Report {
+        format: REPORT_FORMAT,
+        name: p.name.to_owned(),
+        scenario: p.scenario,
+        started_at_ms: p.started_at_ms,
+        duration_s: elapsed,
+        result: Outcome::Passed,
+        ended_by: p.ended_by.to_owned(),
+        users: UserSummary {
+            desired: p.desired,
+            peak: p.tally.peak,
+            started: u.started,
+            finished: u.finished,
+            failed: u.failed,
+            iterations: u.iterations,
+        },
+        total,
+        steps,
+        thresholds: Vec::new(),
+        throttles: p.throttles,
+        coordinators: p.coordinators,
+        series: p.tally.series.clone(),
+        bucket_s: 1,
+        agents: p.agents,
+    };
+    report.thresholds = p.thresholds.evaluate(&report);
+    if report.thresholds.iter().any(|t| !t.passed) {
+        report.result = Outcome::Failed;
+    }
+    report
+}
+
+fn throttle_summaries(throttles: &Throttles) -> Vec<ThrottleSummary> {
+    throttles
+        .all()
+        .iter()
+        .map(|t| {
+            let s = t.stats();
+            ThrottleSummary {
+                name: t.name().to_owned(),
+                rate: s.rate,
+                requested: s.requested,
+                executed: s.executed,
+            }
+        })
+        .collect()
+}
+
+fn coordinator_summaries(coordinators: &Coordinators) -> Vec<CoordinatorSummary> {
+    coordinators
+        .all()
+        .iter()
+        .map(|c| {
+            let s = c.stats();
+            CoordinatorSummary {
+                name: c.name().to_owned(),
+                groups: s.groups,
+                timeouts: s.timeouts,
+            }
+        })
+        .collect()
 }
 
 /// Runs a test to its end and returns its report. `commands` steers it while it runs;
@@ -396,62 +647,44 @@ pub async fn run_test(
     mut on_tick: impl FnMut(&Report),
 ) -> Result<Report, EngineError> {
     let env = test_env(&plan)?;
-    let (scenario, config) = scenario_of(&plan, registry)?;
-    let init = InitContext {
-        env: env.clone(),
-        config,
-    };
-    let running = scenario.init(&init).await.map_err(EngineError::Init)?;
-    let shared = Arc::new(Shared::default());
-    let mut workers = Vec::new();
-    let mut all_metrics = Vec::new();
-    let mut threads = Vec::new();
-    for i in 0..opts.workers.max(1) {
-        let metrics = WorkerMetrics::new();
-        let (tx, rx) = mpsc::unbounded_channel();
-        let ctx = Arc::new(WorkerCtx {
-            env: env.clone(),
-            scenario: running.clone(),
-            metrics: metrics.clone(),
-            repeat: plan.repeat,
-            users: Mutex::new(HashMap::new()),
-            shared: shared.clone(),
-        });
-        let thread = std::thread::Builder::new()
-            .name(format!("murmur-worker-{i}"))
-            .spawn(move || worker_main(ctx, rx))
-            .map_err(EngineError::Thread)?;
-        workers.push(tx);
-        all_metrics.push(metrics);
-        threads.push(thread);
-    }
+    let engine = Engine::start(&plan, registry, env, opts.workers, false).await?;
     let desired = plan.users;
     let mut run = Run {
-        env,
         opts,
-        workers,
-        metrics: all_metrics,
-        threads,
-        shared,
+        engine,
         desired,
         launched: 0,
         started_at: Instant::now(),
-        started_at_ms: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0),
-        totals: Period::default(),
-        series: Vec::new(),
-        peak: 0,
+        started_at_ms: now_ms(),
+        tally: Tally::default(),
         plan,
     };
-    tracing::info!(test = %run.plan.name, users = desired, workers = run.workers.len(), "test started");
+    tracing::info!(test = %run.plan.name, users = desired, workers = run.engine.workers(), "test started");
     let ended_by = control_loop(&mut run, &mut commands, &mut on_tick).await;
-    finish(&mut run, &mut commands, &ended_by).await;
-    running.terminate().await;
+    let force = async {
+        loop {
+            match commands.recv().await {
+                Some(Command::Stop { forced: true }) => return,
+                Some(_) => {}
+                None => std::future::pending::<()>().await,
+            }
+        }
+    };
+    let last = run.engine.finish(run.opts.stop_grace, force).await;
+    let t = run.started_at.elapsed().as_secs_f64();
+    run.tally.names = run.engine.env.steps.all();
+    run.tally.add(t, 0, &last);
     let report = run.report(&ended_by, true);
     tracing::info!(test = %run.plan.name, result = ?report.result, ended_by, "test finished");
     Ok(report)
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Runs users until the test ends; returns why it ended.
@@ -512,7 +745,7 @@ async fn control_loop(
         if run.launched > 0 && run.desired == run.launched && run.running() == 0 {
             return "completed".into();
         }
-        let all_done = run.shared.all_done.notified();
+        let all_done = run.engine.shared.all_done.notified();
         tokio::select! {
             biased;
             cmd = commands.recv(), if commands_open => match cmd {
@@ -520,10 +753,10 @@ async fn control_loop(
                     tracing::info!(users = n, "desired users changed");
                     run.desired = n;
                 }
-                Some(Command::SetVars(vars)) => run.env.vars.store(Arc::new(vars)),
+                Some(Command::SetVars(vars)) => run.engine.env.vars.store(Arc::new(vars)),
                 Some(Command::Stop { forced }) => {
                     if forced {
-                        run.stop_all(true);
+                        run.engine.stop_all(true);
                     }
                     return "stopped".into();
                 }
@@ -545,42 +778,4 @@ async fn sleep_until_opt(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
     }
-}
-
-/// Stops every user (gracefully, then forced after the grace period or a forced stop
-/// command), waits for the workers, and takes the last figures.
-async fn finish(run: &mut Run, commands: &mut mpsc::UnboundedReceiver<Command>, ended_by: &str) {
-    let _ = ended_by;
-    run.stop_all(false);
-    let grace = tokio::time::sleep(run.opts.stop_grace);
-    tokio::pin!(grace);
-    let mut forced = false;
-    while run.running() > 0 {
-        let all_done = run.shared.all_done.notified();
-        if run.running() == 0 {
-            break;
-        }
-        tokio::select! {
-            _ = all_done => {}
-            _ = &mut grace, if !forced => {
-                tracing::info!(left = run.running(), "grace period over: aborting the remaining users");
-                run.stop_all(true);
-                forced = true;
-            }
-            cmd = commands.recv() => {
-                if let Some(Command::Stop { forced: true }) = cmd {
-                    run.stop_all(true);
-                    forced = true;
-                }
-            }
-            // Aborted users may take a moment to be dropped; look again shortly.
-            _ = tokio::time::sleep(Duration::from_millis(50)), if forced => {}
-        }
-    }
-    // Closing the order channels ends the workers; their runtimes drop what is left.
-    run.workers.clear();
-    for t in std::mem::take(&mut run.threads) {
-        let _ = tokio::task::spawn_blocking(move || t.join()).await;
-    }
-    run.collect();
 }

@@ -56,6 +56,11 @@ pub(crate) struct WorkerCtx {
 pub(crate) struct Shared {
     pub(crate) running: AtomicU64,
     pub(crate) all_done: Notify,
+    /// Whether to keep [`Shared::ended`] (an agent reports it to its master, which must
+    /// not start those ids again elsewhere).
+    pub(crate) track_ended: bool,
+    /// Users that ended by themselves (all repeats done, or failed) since last taken.
+    pub(crate) ended: Mutex<Vec<UserId>>,
 }
 
 /// Removes a user from its worker's books however its task ends (finished, failed or
@@ -81,6 +86,10 @@ impl Drop for UserGuard {
             }
         }
         let failed = self.failed;
+        // Still "running" here means it ended by itself: a stop or an abort changes it.
+        if ctx.shared.track_ended && self.run.control.load(Ordering::Acquire) == RUNNING {
+            ctx.shared.ended.lock().push(self.id);
+        }
         ctx.metrics.user_event(|u| {
             if failed {
                 u.failed += 1
