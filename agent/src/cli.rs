@@ -1,6 +1,7 @@
-//! The `murmur` command line: `run` (a test on this machine), `demo-server` (the bundled
-//! targets). [`main_with`] is the entry point for custom binaries that register their own
-//! scenarios.
+//! The `murmur` command line: `run` (a test on this machine, in-process or with a master
+//! and agent processes), `master` and `agent` (the roles of a distributed test),
+//! `demo-server` (the bundled targets). [`main_with`] is the entry point for custom
+//! binaries that register their own scenarios.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -46,6 +47,44 @@ enum Commands {
     Run(RunArgs),
     /// Run a bundled target for tests and demos.
     DemoServer(DemoArgs),
+    /// Run the master of a distributed test (one per test): agents connect to it.
+    Master(MasterArgs),
+    /// Run an agent of a distributed test: it runs the users its master assigns.
+    Agent(AgentArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct MasterArgs {
+    /// The manifest file (else the manifests' text in MURMUR_TEST).
+    file: Option<String>,
+    /// Address of the API, where agents connect too.
+    #[arg(long, default_value = "0.0.0.0:8080", env = "MURMUR_LISTEN")]
+    listen: SocketAddr,
+    /// Agents expected before users start (default: `spec.agents`).
+    #[arg(long)]
+    agents: Option<u64>,
+    /// File holding the test's token (else MURMUR_TOKEN).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct AgentArgs {
+    /// The master's address: `http://host:port` or `host:port`.
+    #[arg(long, env = "MURMUR_MASTER")]
+    master: String,
+    /// This agent's stable name (default: the pod name in POD_NAME, else the host name).
+    #[arg(long, env = "POD_NAME")]
+    name: Option<String>,
+    /// File holding the test's token (else MURMUR_TOKEN).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Where to answer `/healthz` and `/readyz` (ready once registered with the master).
+    #[arg(long)]
+    health_listen: Option<SocketAddr>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -77,6 +116,10 @@ struct RunArgs {
     /// Seconds between plain progress lines.
     #[arg(long, default_value_t = 5)]
     progress_every: u64,
+    /// Run a master and this many agent processes on loopback (0: everything in this
+    /// process).
+    #[arg(long, default_value_t = 0)]
+    agents: u32,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,6 +160,8 @@ pub fn main_with(registry: Registry) -> ExitCode {
     match cli.command {
         Commands::Run(args) => run_command(args, registry),
         Commands::DemoServer(args) => demo_command(args),
+        Commands::Master(args) => master_command(args, registry),
+        Commands::Agent(args) => agent_command(args, registry),
     }
 }
 
@@ -181,6 +226,9 @@ fn run_command(args: RunArgs, registry: Registry) -> ExitCode {
             },
             None => None,
         };
+        if args.agents > 0 {
+            return run_distributed(&args, registry, vars, duration).await;
+        }
         let mut plan = match load_plan_with_vars(&args.file, &registry, &vars) {
             Ok(p) => p,
             Err(e) => {
@@ -198,13 +246,7 @@ fn run_command(args: RunArgs, registry: Registry) -> ExitCode {
             workers: args.workers.unwrap_or(EngineOptions::default().workers),
             ..EngineOptions::default()
         };
-        let target = if !args.plain && std::io::stderr().is_terminal() {
-            ProgressTarget::Terminal
-        } else {
-            ProgressTarget::Plain {
-                every: std::time::Duration::from_secs(args.progress_every.max(1)),
-            }
-        };
+        let target = progress_target(&args);
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
@@ -227,21 +269,294 @@ fn run_command(args: RunArgs, registry: Registry) -> ExitCode {
                 return ExitCode::from(EXIT_INVALID);
             }
         };
-        println!("{}", crate::report::summary::summary_table(&report));
-        match crate::report::io::write_reports(&args.out, &report) {
-            Ok(paths) => {
-                for p in paths {
-                    println!("wrote {}", p.display());
-                }
-            }
-            Err(e) => {
-                eprintln!("error: could not write the report: {e}");
-                return ExitCode::from(EXIT_FAILED);
+        conclude(&report, &args.out)
+    })
+}
+
+fn progress_target(args: &RunArgs) -> ProgressTarget {
+    if !args.plain && std::io::stderr().is_terminal() {
+        ProgressTarget::Terminal
+    } else {
+        ProgressTarget::Plain {
+            every: std::time::Duration::from_secs(args.progress_every.max(1)),
+        }
+    }
+}
+
+/// Prints the summary, writes the reports, and says how the process exits.
+fn conclude(report: &crate::report::Report, out: &std::path::Path) -> ExitCode {
+    println!("{}", crate::report::summary::summary_table(report));
+    match crate::report::io::write_reports(out, report) {
+        Ok(paths) => {
+            for p in paths {
+                println!("wrote {}", p.display());
             }
         }
-        match report.result {
-            Outcome::Passed => ExitCode::from(EXIT_PASSED),
-            Outcome::Failed => ExitCode::from(EXIT_FAILED),
+        Err(e) => {
+            eprintln!("error: could not write the report: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    }
+    match report.result {
+        Outcome::Passed => ExitCode::from(EXIT_PASSED),
+        Outcome::Failed => ExitCode::from(EXIT_FAILED),
+    }
+}
+
+/// A random token for a test run on this machine.
+fn random_token() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..32)
+        .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.random_range(0..36)]))
+        .collect()
+}
+
+/// Agent processes started by `murmur run --agents N`, killed when dropped.
+struct Children(Vec<std::process::Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+        }
+        for c in &mut self.0 {
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `murmur run --agents N`: a master in this process and N agent processes on loopback.
+async fn run_distributed(
+    args: &RunArgs,
+    registry: Registry,
+    vars: crate::scenario::Vars,
+    duration: Option<std::time::Duration>,
+) -> ExitCode {
+    let mut manifests = match crate::plan::read_manifests(&args.file) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    for (k, v) in vars {
+        manifests.test.spec.vars.insert(k, v);
+    }
+    if let Some(u) = args.users {
+        manifests.test.spec.users = u.min(i32::MAX as u64) as i32;
+    }
+    if let Some(d) = duration {
+        manifests.test.spec.duration = Some(murmuration_crds::units::format_duration(d));
+    }
+    let token = random_token();
+    let config = crate::master::MasterConfig {
+        listen: "127.0.0.1:0".parse().expect("a literal address"),
+        token: token.clone(),
+        manifests: manifests.to_text(),
+        source: args.file.clone(),
+        registry,
+        options: crate::master::state::MasterOptions {
+            agents: Some(args.agents as u64),
+            ..Default::default()
+        },
+    };
+    let master = match crate::master::start(config).await {
+        Ok(m) => m,
+        Err(crate::master::MasterError::Invalid(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_INVALID);
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: cannot find this program to start agents: {e}");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let workers = args
+        .workers
+        .unwrap_or((cores / args.agents as usize).max(1));
+    let mut children = Children(Vec::new());
+    for i in 0..args.agents {
+        let child = std::process::Command::new(&exe)
+            .args([
+                "agent",
+                "--master",
+                &master.addr().to_string(),
+                "--name",
+                &format!("agent-{i}"),
+                "--workers",
+                &workers.to_string(),
+            ])
+            .env("MURMUR_TOKEN", &token)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn();
+        match child {
+            Ok(c) => children.0.push(c),
+            Err(e) => {
+                eprintln!("error: cannot start agent process {i}: {e}");
+                return ExitCode::from(EXIT_INVALID);
+            }
+        }
+    }
+    let stopper = master.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("\nstopping: users finish their iteration (Ctrl-C again to abort them)");
+            stopper.stop(false).await;
+            if tokio::signal::ctrl_c().await.is_ok() {
+                stopper.stop(true).await;
+            }
+        }
+    });
+    let mut progress = Progress::new(progress_target(args));
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let Some(status) = master.status().await else {
+            eprintln!("error: the master stopped");
+            return ExitCode::from(EXIT_FAILED);
+        };
+        if status.phase == murmuration_crds::api::TestPhase::Finished {
+            if let Some(m) = &status.message {
+                eprintln!("error: {m}");
+            }
+            break;
+        }
+        if let Some(r) = master.report().await {
+            progress.update(&r);
+        }
+    }
+    progress.finish();
+    let Some(report) = master.report().await else {
+        eprintln!("error: the master stopped before its report");
+        return ExitCode::from(EXIT_FAILED);
+    };
+    drop(children);
+    conclude(&report, &args.out)
+}
+
+/// Reads the token from a file or MURMUR_TOKEN.
+fn token_of(file: Option<&PathBuf>) -> Result<String, String> {
+    match file {
+        Some(f) => std::fs::read_to_string(f)
+            .map(|t| t.trim().to_owned())
+            .map_err(|e| format!("--token-file {}: {e}", f.display())),
+        None => std::env::var("MURMUR_TOKEN")
+            .map(|t| t.trim().to_owned())
+            .map_err(|_| "no token: set MURMUR_TOKEN or pass --token-file".to_owned()),
+    }
+}
+
+/// Waits for SIGTERM or Ctrl-C.
+async fn terminated() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("a SIGTERM handler installs");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn master_command(args: MasterArgs, registry: Registry) -> ExitCode {
+    let token = match token_of(args.token_file.as_ref()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    let (source, manifests) = match &args.file {
+        Some(f) => match std::fs::read_to_string(f) {
+            Ok(t) => (f.clone(), t),
+            Err(e) => {
+                eprintln!("error: {f}: {e}");
+                return ExitCode::from(EXIT_INVALID);
+            }
+        },
+        None => match std::env::var("MURMUR_TEST") {
+            Ok(t) => ("MURMUR_TEST".to_owned(), t),
+            Err(_) => {
+                eprintln!("error: no test: pass a manifest file or set MURMUR_TEST");
+                return ExitCode::from(EXIT_INVALID);
+            }
+        },
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime builds");
+    rt.block_on(async move {
+        let config = crate::master::MasterConfig {
+            listen: args.listen,
+            token,
+            manifests,
+            source,
+            registry,
+            options: crate::master::state::MasterOptions {
+                agents: args.agents,
+                ..Default::default()
+            },
+        };
+        match crate::master::start(config).await {
+            Ok(m) => {
+                println!("listening on {} (master of {})", m.addr(), m.test());
+                terminated().await;
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(EXIT_INVALID)
+            }
+        }
+    })
+}
+
+fn agent_command(args: AgentArgs, registry: Registry) -> ExitCode {
+    let token = match token_of(args.token_file.as_ref()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    let name = args.name.clone().unwrap_or_else(|| {
+        std::env::var("HOSTNAME").unwrap_or_else(|_| format!("agent-{}", std::process::id()))
+    });
+    let config = crate::agent::AgentConfig {
+        master: args.master.clone(),
+        name,
+        token,
+        workers: args.workers.unwrap_or(EngineOptions::default().workers),
+        registry,
+        health: args.health_listen,
+    };
+    let rt = runtime();
+    rt.block_on(async move {
+        tokio::select! {
+            r = crate::agent::run_agent(config) => match r {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(EXIT_INVALID)
+                }
+            },
+            _ = terminated() => ExitCode::SUCCESS,
         }
     })
 }

@@ -310,6 +310,21 @@ impl Coordinator {
         }
     }
 
+    /// Releases everyone waiting, as a timeout would (the coordinator is being replaced or
+    /// deleted).
+    pub fn release_all(&self) {
+        let mut inner = self.inner.lock();
+        inner.deadline = None;
+        let (groups, released) = inner.machine.timeout();
+        self.deliver(&mut inner, &groups, released);
+        for (_, tx) in inner.waiters.drain() {
+            let _ = tx.send(Coordination {
+                timed_out: true,
+                ..Coordination::default()
+            });
+        }
+    }
+
     /// Joins with `data` and waits until this user's group forms (or the timeout). A user
     /// whose wait is dropped (removed from the test) still counts in the group it was in.
     pub async fn join(&self, user: UserId, data: serde_json::Value) -> Coordination {
@@ -349,10 +364,33 @@ impl Coordinator {
     }
 }
 
-/// The coordinators of a test, by name.
-#[derive(Default, Clone)]
+/// The coordinators of a test, by name: here in the process, or at the master (an agent's
+/// users join the master's coordinators, so that groups form across agents).
+#[derive(Default)]
 pub struct Coordinators {
-    map: HashMap<String, Arc<Coordinator>>,
+    map: arc_swap::ArcSwap<HashMap<String, Arc<Coordinator>>>,
+    remote: Option<Remote>,
+}
+
+/// Checks a coordinator's spec; returns its timeout.
+pub fn timeout_of(name: &str, spec: &CoordinatorSpec) -> Result<Duration, String> {
+    let timeout = match &spec.timeout {
+        Some(t) => {
+            parse_duration(t).map_err(|e| format!("Coordinator {name}: spec.timeout: {e}"))?
+        }
+        None => Duration::from_secs(30),
+    };
+    if timeout.is_zero() {
+        return Err(format!(
+            "Coordinator {name}: spec.timeout: must be longer than zero"
+        ));
+    }
+    if spec.plan.is_empty() {
+        return Err(format!(
+            "Coordinator {name}: spec.plan: needs at least one item"
+        ));
+    }
+    Ok(timeout)
 }
 
 impl Coordinators {
@@ -360,27 +398,58 @@ impl Coordinators {
     pub fn from_specs<'a>(
         specs: impl Iterator<Item = (&'a str, &'a CoordinatorSpec)>,
     ) -> Result<Coordinators, String> {
-        let mut c = Coordinators::default();
+        let c = Coordinators::default();
         for (name, spec) in specs {
-            let timeout = match &spec.timeout {
-                Some(t) => parse_duration(t)
-                    .map_err(|e| format!("Coordinator {name}: spec.timeout: {e}"))?,
-                None => Duration::from_secs(30),
-            };
-            if timeout.is_zero() {
-                return Err(format!(
-                    "Coordinator {name}: spec.timeout: must be longer than zero"
-                ));
-            }
-            if spec.plan.is_empty() {
-                return Err(format!(
-                    "Coordinator {name}: spec.plan: needs at least one item"
-                ));
-            }
-            c.map
-                .insert(name.to_owned(), Coordinator::new(name, &spec.plan, timeout));
+            c.upsert(name, spec)?;
         }
         Ok(c)
+    }
+
+    /// Coordinators hosted elsewhere (by an agent's master): joins go out through
+    /// `joins`, releases come back through [`Coordinators::release`].
+    pub fn remote(joins: tokio::sync::mpsc::UnboundedSender<RemoteJoin>) -> Coordinators {
+        Coordinators {
+            map: Default::default(),
+            remote: Some(Remote {
+                joins,
+                waiting: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Creates or replaces a coordinator (a replaced one starts afresh; its waiting users
+    /// are released as by a timeout).
+    pub fn upsert(&self, name: &str, spec: &CoordinatorSpec) -> Result<(), String> {
+        let timeout = timeout_of(name, spec)?;
+        let new = Coordinator::new(name, &spec.plan, timeout);
+        let mut old = None;
+        self.map.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            old = m.insert(name.to_owned(), new.clone());
+            m
+        });
+        if let Some(old) = old {
+            old.release_all();
+        }
+        Ok(())
+    }
+
+    /// Deletes a coordinator; its waiting users are released as by a timeout.
+    pub fn remove(&self, name: &str) {
+        let mut old = None;
+        self.map.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            old = m.remove(name);
+            m
+        });
+        if let Some(old) = old {
+            old.release_all();
+        }
+    }
+
+    /// The coordinator of that name (here).
+    pub fn get(&self, name: &str) -> Option<Arc<Coordinator>> {
+        self.map.load().get(name).cloned()
     }
 
     /// Joins the named coordinator and waits for this user's group.
@@ -390,18 +459,103 @@ impl Coordinators {
         user: UserId,
         data: serde_json::Value,
     ) -> Result<Coordination, CoordinatorError> {
+        if let Some(remote) = &self.remote {
+            return Ok(remote.join(name, user, data).await);
+        }
         let c = self
-            .map
             .get(name)
             .ok_or_else(|| CoordinatorError::Unknown(name.to_owned()))?;
         Ok(c.join(user, data).await)
     }
 
-    /// All of them, by name.
+    /// Hands a release from the master to the user waiting for it.
+    pub fn release(&self, coordinator: &str, user: UserId, c: Coordination) {
+        if let Some(remote) = &self.remote {
+            if let Some(w) = remote
+                .waiting
+                .lock()
+                .remove(&(coordinator.to_owned(), user))
+            {
+                let _ = w.tx.send(c);
+            }
+        }
+    }
+
+    /// Joins still waiting for the master (sent again to a new master).
+    pub fn pending_joins(&self) -> Vec<RemoteJoin> {
+        let Some(remote) = &self.remote else {
+            return Vec::new();
+        };
+        remote
+            .waiting
+            .lock()
+            .iter()
+            .map(|((c, u), w)| RemoteJoin {
+                coordinator: c.clone(),
+                user: *u,
+                data: w.data.clone(),
+            })
+            .collect()
+    }
+
+    /// All of them (here), by name.
     pub fn all(&self) -> Vec<Arc<Coordinator>> {
-        let mut v: Vec<Arc<Coordinator>> = self.map.values().cloned().collect();
+        let mut v: Vec<Arc<Coordinator>> = self.map.load().values().cloned().collect();
         v.sort_by(|a, b| a.name().cmp(b.name()));
         v
+    }
+}
+
+/// A user's join, on its way to the master.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteJoin {
+    /// The coordinator.
+    pub coordinator: String,
+    /// The user.
+    pub user: UserId,
+    /// What it registers.
+    pub data: serde_json::Value,
+}
+
+struct RemoteWaiter {
+    data: serde_json::Value,
+    tx: oneshot::Sender<Coordination>,
+}
+
+struct Remote {
+    joins: tokio::sync::mpsc::UnboundedSender<RemoteJoin>,
+    waiting: Mutex<HashMap<(String, UserId), RemoteWaiter>>,
+}
+
+impl Remote {
+    async fn join(&self, name: &str, user: UserId, data: serde_json::Value) -> Coordination {
+        let (tx, rx) = oneshot::channel();
+        let key = (name.to_owned(), user);
+        self.waiting.lock().insert(
+            key.clone(),
+            RemoteWaiter {
+                data: data.clone(),
+                tx,
+            },
+        );
+        // Removes the entry if the user goes away (removed from the test) while waiting.
+        struct Forget<'a>(&'a Remote, (String, UserId), bool);
+        impl Drop for Forget<'_> {
+            fn drop(&mut self) {
+                if !self.2 {
+                    self.0.waiting.lock().remove(&self.1);
+                }
+            }
+        }
+        let mut forget = Forget(self, key, false);
+        let _ = self.joins.send(RemoteJoin {
+            coordinator: name.to_owned(),
+            user,
+            data,
+        });
+        let c = rx.await.unwrap_or_default();
+        forget.2 = true;
+        c
     }
 }
 

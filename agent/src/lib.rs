@@ -8,12 +8,14 @@
 //! `examples/`).
 #![warn(missing_docs)]
 
+pub mod agent;
 pub mod cli;
 pub mod client;
 pub mod coordinator;
 pub mod demo;
 pub mod engine;
 pub mod field;
+pub mod master;
 pub mod metrics;
 pub mod plan;
 pub mod progress;
@@ -23,6 +25,7 @@ pub mod template;
 pub mod thresholds;
 pub mod throttle;
 mod users;
+pub mod wire;
 
 #[cfg(test)]
 mod test_support;

@@ -74,6 +74,21 @@ pub struct Manifests {
 }
 
 impl Manifests {
+    /// The documents as YAML again (what a master hands its agents, after `murmur run`'s
+    /// overrides were applied).
+    pub fn to_text(&self) -> String {
+        let mut docs = vec![serde_yaml::to_string(&self.test).unwrap_or_default()];
+        for (name, spec) in &self.throttles {
+            let t = murmuration_crds::Throttle::new(name, spec.clone());
+            docs.push(serde_yaml::to_string(&t).unwrap_or_default());
+        }
+        for (name, spec) in &self.coordinators {
+            let c = murmuration_crds::Coordinator::new(name, spec.clone());
+            docs.push(serde_yaml::to_string(&c).unwrap_or_default());
+        }
+        docs.join("---\n")
+    }
+
     /// The label (`FILE: document N (Kind name)`) of a document.
     pub fn label(&self, kind: &str, name: &str) -> String {
         self.labels
@@ -475,7 +490,28 @@ pub fn load_plan_with_vars(
     registry: &Registry,
     vars: &Vars,
 ) -> Result<TestPlan, ManifestError> {
-    let mut m = read_manifests(path)?;
+    let m = read_manifests(path)?;
+    plan_of_manifests(m, path, registry, vars)
+}
+
+/// Builds the plan of manifests given as text (`label` names them in errors): what the
+/// master does with `MURMUR_TEST` and an agent with what its master sends.
+pub fn plan_from_text(
+    label: &str,
+    text: &str,
+    registry: &Registry,
+    vars: &Vars,
+) -> Result<TestPlan, ManifestError> {
+    let m = parse_manifests(label, text)?;
+    plan_of_manifests(m, label, registry, vars)
+}
+
+fn plan_of_manifests(
+    mut m: Manifests,
+    path: &str,
+    registry: &Registry,
+    vars: &Vars,
+) -> Result<TestPlan, ManifestError> {
     for (k, v) in vars {
         m.test.spec.vars.insert(k.clone(), v.clone());
     }

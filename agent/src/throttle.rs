@@ -260,6 +260,12 @@ impl Throttle {
         let old = st.limit;
         st.limit = limit;
         st.ramp = None;
+        if limit.rate > 0 && !limit.interval.is_zero() {
+            // A slot set under a slower rate would hold the first grant back.
+            let ia = limit.interval / limit.rate.min(u32::MAX as u64) as u32;
+            let now = Instant::now();
+            st.next_slot = st.next_slot.map(|s| s.min(now + ia));
+        }
         if was_parallel && limit.interval.is_zero() {
             let (old_n, new_n) = (old.rate as usize, limit.rate as usize);
             if new_n > old_n {
@@ -423,10 +429,11 @@ async fn dispatch(throttle: std::sync::Weak<Throttle>, wake: Arc<Notify>) {
     }
 }
 
-/// The throttles of a test, by name.
-#[derive(Default, Clone)]
+/// The throttles of a test, by name. Throttles come and go while the test runs (the master
+/// API creates and deletes them); users look them up without locking.
+#[derive(Default)]
 pub struct Throttles {
-    map: HashMap<String, Arc<Throttle>>,
+    map: arc_swap::ArcSwap<HashMap<String, Arc<Throttle>>>,
 }
 
 impl Throttles {
@@ -434,49 +441,78 @@ impl Throttles {
     pub fn from_specs<'a>(
         specs: impl Iterator<Item = (&'a str, &'a ThrottleSpec)>,
     ) -> Result<Throttles, String> {
-        let mut t = Throttles::default();
+        let t = Throttles::default();
         for (name, spec) in specs {
-            let limit = limit_of(name, spec)?;
-            let throttle = Throttle::new(name, limit);
-            if let Some(r) = &spec.ramp {
-                let every = parse_duration(&r.every)
-                    .map_err(|e| format!("Throttle {name}: spec.ramp.every: {e}"))?;
-                if every.is_zero() {
-                    return Err(format!(
-                        "Throttle {name}: spec.ramp.every: must be longer than zero"
-                    ));
-                }
-                if r.step < 1 {
-                    return Err(format!(
-                        "Throttle {name}: spec.ramp.step: must be at least 1"
-                    ));
-                }
-                if r.to < 0 {
-                    return Err(format!("Throttle {name}: spec.ramp.to: cannot be negative"));
-                }
-                throttle.ramp(r.to as u64, r.step as u64, every);
-            }
-            t.insert(throttle);
+            t.insert(throttle_of(name, spec)?);
         }
         Ok(t)
     }
 
-    /// Adds one.
-    pub fn insert(&mut self, t: Arc<Throttle>) {
-        self.map.insert(t.name().to_owned(), t);
+    /// Adds one (replacing one of the same name).
+    pub fn insert(&self, t: Arc<Throttle>) {
+        self.map.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            m.insert(t.name().to_owned(), t.clone());
+            m
+        });
+    }
+
+    /// Removes one; users waiting for it keep their place until they get their permit.
+    pub fn remove(&self, name: &str) -> Option<Arc<Throttle>> {
+        let old = self.get(name);
+        self.map.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            m.remove(name);
+            m
+        });
+        old
     }
 
     /// The throttle of that name.
     pub fn get(&self, name: &str) -> Option<Arc<Throttle>> {
-        self.map.get(name).cloned()
+        self.map.load().get(name).cloned()
     }
 
     /// All of them, by name.
     pub fn all(&self) -> Vec<Arc<Throttle>> {
-        let mut v: Vec<Arc<Throttle>> = self.map.values().cloned().collect();
+        let mut v: Vec<Arc<Throttle>> = self.map.load().values().cloned().collect();
         v.sort_by(|a, b| a.name().cmp(b.name()));
         v
     }
+}
+
+/// Checks a throttle's ramp; returns `(to, step, every)`.
+pub fn ramp_of(name: &str, spec: &ThrottleSpec) -> Result<Option<(u64, u64, Duration)>, String> {
+    let Some(r) = &spec.ramp else {
+        return Ok(None);
+    };
+    let every =
+        parse_duration(&r.every).map_err(|e| format!("Throttle {name}: spec.ramp.every: {e}"))?;
+    if every.is_zero() {
+        return Err(format!(
+            "Throttle {name}: spec.ramp.every: must be longer than zero"
+        ));
+    }
+    if r.step < 1 {
+        return Err(format!(
+            "Throttle {name}: spec.ramp.step: must be at least 1"
+        ));
+    }
+    if r.to < 0 {
+        return Err(format!("Throttle {name}: spec.ramp.to: cannot be negative"));
+    }
+    Ok(Some((r.to as u64, r.step as u64, every)))
+}
+
+/// Builds one throttle from its spec.
+pub fn throttle_of(name: &str, spec: &ThrottleSpec) -> Result<Arc<Throttle>, String> {
+    let limit = limit_of(name, spec)?;
+    let ramp = ramp_of(name, spec)?;
+    let throttle = Throttle::new(name, limit);
+    if let Some((to, step, every)) = ramp {
+        throttle.ramp(to, step, every);
+    }
+    Ok(throttle)
 }
 
 /// The limit a spec asks for.

@@ -177,3 +177,57 @@ pub struct SeriesPoint {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub step_errors: Vec<u64>,
 }
+
+impl Report {
+    /// Merges consecutive points of the series (and of each agent's) so that at most
+    /// `max_points` remain: counters add up, users and latency keep the highest value of
+    /// the merged points (a conservative view), `bucket_s` grows accordingly.
+    pub fn downsample(&mut self, max_points: usize) {
+        let max_points = max_points.max(1);
+        let k = self.series.len().div_ceil(max_points).max(1);
+        if k <= 1 {
+            return;
+        }
+        self.series = merge_points(&self.series, k);
+        for s in self.agents.values_mut() {
+            *s = merge_points(s, k);
+        }
+        self.bucket_s = self.bucket_s.saturating_mul(k as u32);
+    }
+}
+
+fn merge_points(points: &[SeriesPoint], k: usize) -> Vec<SeriesPoint> {
+    let mut prev_t = 0.0;
+    points
+        .chunks(k)
+        .map(|c| {
+            let last = c.last().expect("chunks are not empty");
+            let mut p = last.clone();
+            p.requests = c.iter().map(|x| x.requests).sum();
+            p.errors = c.iter().map(|x| x.errors).sum();
+            p.users = c.iter().map(|x| x.users).max().unwrap_or(0);
+            p.rps = p.requests as f64 / (last.t - prev_t).max(1e-3);
+            p.p50 = c.iter().map(|x| x.p50).fold(0.0, f64::max);
+            p.p90 = c.iter().map(|x| x.p90).fold(0.0, f64::max);
+            p.p99 = c.iter().map(|x| x.p99).fold(0.0, f64::max);
+            p.max = c.iter().map(|x| x.max).fold(0.0, f64::max);
+            let n = c.iter().map(|x| x.step_requests.len()).max().unwrap_or(0);
+            p.step_requests = (0..n)
+                .map(|i| {
+                    c.iter()
+                        .map(|x| x.step_requests.get(i).copied().unwrap_or(0))
+                        .sum()
+                })
+                .collect();
+            p.step_errors = (0..n)
+                .map(|i| {
+                    c.iter()
+                        .map(|x| x.step_errors.get(i).copied().unwrap_or(0))
+                        .sum()
+                })
+                .collect();
+            prev_t = last.t;
+            p
+        })
+        .collect()
+}
