@@ -39,6 +39,8 @@ pub const RECOVERY_WAIT: Duration = Duration::from_secs(10);
 pub const RECONNECT_GRACE: Duration = Duration::from_secs(2);
 /// An agent silent for this long is lost.
 pub const SILENCE_LIMIT: Duration = Duration::from_secs(5);
+/// The demand of an agent whose users wait for permits: as much as it can get.
+const UNBOUNDED: u64 = u64::MAX / 1024;
 /// A second of the series is final once every agent had this long to report it.
 const SETTLE: Duration = Duration::from_secs(3);
 
@@ -462,8 +464,22 @@ impl Core {
                 book.running = running;
                 for (t, d) in &throttles {
                     let before = book.throttles.get(t).map(|o| o.requested).unwrap_or(0);
-                    book.demand
-                        .insert(t.clone(), d.requested.saturating_sub(before) + d.waiting);
+                    // Users waiting means it could use more than it has: as much as it
+                    // can get. Otherwise it needs what it asked for in the last second,
+                    // per interval.
+                    let demand = if d.waiting > 0 {
+                        UNBOUNDED
+                    } else {
+                        let per_second = d.requested.saturating_sub(before);
+                        let interval = self
+                            .throttles
+                            .get(t)
+                            .map(|st| st.limit.interval.as_secs_f64())
+                            .unwrap_or(1.0)
+                            .max(1.0);
+                        (per_second as f64 * interval) as u64
+                    };
+                    book.demand.insert(t.clone(), demand);
                 }
                 book.throttles = throttles;
                 self.take_ended(name, &ended);
@@ -973,6 +989,11 @@ impl Core {
     /// Shares each throttle's rate among the connected agents by demand, so that the sum
     /// of what any agent may still grant within one interval never exceeds the limit.
     fn reshare(&mut self, now: Instant) -> Outbox {
+        if self.phase == TestPhase::Starting {
+            // No user runs yet: shared once every agent is here, not to the first one in
+            // (whose share would then stay reserved for a window).
+            return Outbox::new();
+        }
         let mut changes: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
         let connected: Vec<String> = self
             .agents
@@ -1023,6 +1044,18 @@ impl Core {
                     })
                     .collect::<Vec<_>>(),
             );
+            // Small moves are not worth the capacity a move leaves idle for a window.
+            let slack = (rate / connected.len() as u64 / 50).max(1);
+            let targets: BTreeMap<String, u64> = targets
+                .into_iter()
+                .map(|(a, t)| {
+                    let cur = st.shares.get(&a).copied();
+                    match cur {
+                        Some(c) if c.abs_diff(t) <= slack && t != 0 => (a, c),
+                        _ => (a, t),
+                    }
+                })
+                .collect();
             // Lower shares at once; raise them only within what is not reserved.
             let mut new_shares = st.shares.clone();
             for (agent, target) in &targets {
@@ -1160,7 +1193,17 @@ impl Core {
             .map(|s| now.saturating_duration_since(s).as_secs_f64())
             .unwrap_or(0.0);
         let mut series: Vec<SeriesPoint> = self.series.values().cloned().collect();
+        let connected: Vec<&String> = self
+            .agents
+            .iter()
+            .filter(|(_, a)| a.conn.is_some())
+            .map(|(n, _)| n)
+            .collect();
         for (s, (period, users)) in &self.open {
+            // A live view shows only seconds that every agent reported.
+            if !full && !connected.iter().all(|a| users.contains_key(*a)) {
+                continue;
+            }
             series.push(series_point(
                 *s as f64 + 1.0,
                 *s as f64,
