@@ -18,6 +18,7 @@ Benchmarks:
 """
 
 import argparse
+import urllib.request
 import json
 import os
 import shutil
@@ -141,13 +142,15 @@ def oha(binary, url, conns, secs):
     return float(json.loads(out)["summary"]["requestsPerSec"])
 
 
-def murmur_run(manifest_text, workers=None, timeout=120, env=None, sample_rss_after=None):
+def murmur_run(manifest_text, workers=None, timeout=120, env=None, sample_rss_after=None, agents=0):
     """Runs `murmur run` on a manifest; returns (report, peak RSS sampled in kB or None)."""
     d = Path(tempfile.mkdtemp(prefix="murmur-bench-"))
     (d / "test.yaml").write_text(manifest_text)
     cmd = [str(MURMUR), "run", str(d / "test.yaml"), "--out", str(d), "--plain", "--progress-every", "3600"]
     if workers:
         cmd += ["--workers", str(workers)]
+    if agents:
+        cmd += ["--agents", str(agents)]
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     rss = None
     if sample_rss_after is not None:
@@ -288,12 +291,107 @@ spec:
                                busiest_window_per_s=busiest, errors=rep["total"]["errors"])
 
 
+def bench_distributed(args, results):
+    """1 master + 2 agent processes against in-process and wrk (same target, connections,
+    duration), then the time from "set desired users" to all new users running."""
+    log(f"distributed: {args.connections} connections, {args.duration}s per run")
+    target = Nginx(1)
+    try:
+        w = wrk(target.url, args.connections, args.duration, 2)
+        manifest = http_manifest(target.url, args.connections, args.duration)
+        local, _ = murmur_run(manifest, workers=2)
+        dist, _ = murmur_run(manifest, workers=1, agents=2)
+    finally:
+        target.stop()
+    for name, rep in (("in-process", local), ("2 agents", dist)):
+        if rep["total"]["errors"]:
+            raise RuntimeError(f"murmur ({name}) saw errors: {rep['total']['errorsByKind']}")
+    lrate = local["total"]["requests"] / local["durationS"]
+    drate = dist["total"]["requests"] / dist["durationS"]
+    print("\n## Distributed: 1 master + 2 agent processes (1 worker each) vs in-process (2 workers)")
+    print(f"{'':<24} {'requests/s':>12} {'/ wrk':>8}")
+    print(f"{'wrk -t2':<24} {w:>12.0f} {1.0:>8.2f}")
+    print(f"{'murmur in-process':<24} {lrate:>12.0f} {lrate / w:>8.2f}")
+    print(f"{'murmur --agents 2':<24} {drate:>12.0f} {drate / w:>8.2f}")
+    print(f"distributed / in-process: {drate / lrate:.3f} (overhead {100 * (1 - drate / lrate):.1f}%)")
+
+    # Scale-up: +10,000 users with no user rate, from the API call to every user running
+    # (read live from the agents' /users).
+    d = Path(tempfile.mkdtemp(prefix="murmur-bench-"))
+    (d / "test.yaml").write_text("""apiVersion: murmuration.dev/v1alpha1
+kind: LoadTest
+metadata: {name: scale}
+spec:
+  users: 0
+  agents: 2
+  scenario:
+    http:
+      baseUrl: http://127.0.0.1:9
+      steps:
+        - think: {duration: 30s}
+""")
+    token = "bench-token-0123456789abcdef"
+    env = dict(os.environ, MURMUR_TOKEN=token)
+    port = free_port()
+    procs = [subprocess.Popen([str(MURMUR), "master", str(d / "test.yaml"), "--listen", f"127.0.0.1:{port}"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    healths = []
+    try:
+        wait_port(port)
+        for i in range(2):
+            hp = free_port()
+            healths.append(hp)
+            procs.append(subprocess.Popen([str(MURMUR), "agent", "--master", f"127.0.0.1:{port}", "--name", f"agent-{i}",
+                                           "--workers", "1", "--health-listen", f"127.0.0.1:{hp}"],
+                                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for hp in healths:
+            wait_port(hp)
+
+        def api(method, path, body=None):
+            req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
+                                         data=json.dumps(body).encode() if body is not None else None,
+                                         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+            return json.loads(urllib.request.urlopen(req, timeout=10).read())
+
+        def running():
+            total = 0
+            for hp in healths:
+                ranges = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{hp}/users", timeout=10).read())
+                total += sum(b - a + 1 for a, b in ranges)
+            return total
+
+        deadline = time.time() + 20
+        while api("GET", "/api/v1/status")["phase"] != "Running":
+            if time.time() > deadline:
+                raise RuntimeError("the scale test did not start")
+            time.sleep(0.05)
+        times = []
+        for target_users in (10_000, 20_000):
+            t0 = time.perf_counter()
+            api("PUT", "/api/v1/users", {"users": target_users})
+            deadline = time.time() + 30
+            while running() < target_users:
+                if time.time() > deadline:
+                    raise RuntimeError(f"{target_users} users not running within 30 s")
+                time.sleep(0.01)
+            times.append(time.perf_counter() - t0)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        shutil.rmtree(d, ignore_errors=True)
+    print(f"set desired users -> all running: 0 -> 10,000: {times[0] * 1000:.0f} ms; "
+          f"10,000 -> 20,000: {times[1] * 1000:.0f} ms (2 agents, no user rate)")
+    results["distributed"] = dict(wrk=w, in_process=lrate, agents_2=drate, overhead=1 - drate / lrate,
+                                  scale_up_10k_s=times)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=int, default=10, help="seconds per throughput run")
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--throttle-seconds", type=int, default=30)
-    ap.add_argument("--only", default="throughput,memory,throttle")
+    ap.add_argument("--only", default="throughput,memory,throttle,distributed")
     args = ap.parse_args()
     oha_bin = ensure_tools()
     results = dict(machine=dict(cores=os.cpu_count()), when=time.strftime("%Y-%m-%d %H:%M:%S"))
@@ -304,6 +402,8 @@ def main():
         bench_memory(args, results)
     if "throttle" in todo:
         bench_throttle(args, results)
+    if "distributed" in todo:
+        bench_distributed(args, results)
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / "latest.json").write_text(json.dumps(results, indent=2))

@@ -211,8 +211,8 @@ struct Agent {
     shares: BTreeMap<String, u64>,
     joins: mpsc::UnboundedSender<RemoteJoin>,
     registered: Arc<AtomicBool>,
-    /// The ids running here, refreshed every second (served at `/users`).
-    running: Arc<parking_lot::Mutex<Ids>>,
+    /// The engine's users, once there is an engine (served at `/users`).
+    running: Arc<parking_lot::Mutex<Option<crate::engine::Census>>>,
 }
 
 impl Agent {
@@ -281,6 +281,7 @@ impl Agent {
             let engine =
                 Engine::start(&plan, &self.cfg.registry, env, self.cfg.workers, true).await?;
             tracing::info!(test = %plan.name, workers = engine.workers(), "test received");
+            *self.running.lock() = Some(engine.census());
             self.engine = Some(engine);
             self.plan = Some(plan);
             self.manifests = Some(manifests);
@@ -409,7 +410,6 @@ impl Agent {
 
     fn report(&mut self) -> Option<FromAgent> {
         let engine = self.engine.as_ref()?;
-        *self.running.lock() = Ids::of(engine.running_ids());
         let period = engine.take_period();
         let ended = engine.take_ended();
         let running = engine.running();
@@ -444,7 +444,7 @@ async fn send(link: &mut Option<Link>, msg: &FromAgent) {
 /// Runs an agent until the process ends.
 pub async fn run_agent(cfg: AgentConfig) -> Result<(), AgentError> {
     let registered = Arc::new(AtomicBool::new(false));
-    let running = Arc::new(parking_lot::Mutex::new(Ids::default()));
+    let running = Arc::new(parking_lot::Mutex::new(None));
     if let Some(addr) = cfg.health {
         let listener = TcpListener::bind(addr)
             .await
@@ -592,11 +592,11 @@ pub async fn run_agent(cfg: AgentConfig) -> Result<(), AgentError> {
 }
 
 /// `/healthz` (alive), `/readyz` (registered with the master) and `/users` (the ids
-/// running here, as JSON ranges, refreshed every second).
+/// running here now, as JSON ranges).
 async fn health(
     listener: TcpListener,
     registered: Arc<AtomicBool>,
-    running: Arc<parking_lot::Mutex<Ids>>,
+    running: Arc<parking_lot::Mutex<Option<crate::engine::Census>>>,
 ) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -609,10 +609,14 @@ async fn health(
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let ready = registered.load(Ordering::Acquire);
                 let (code, body) = match req.uri().path() {
-                    "/users" => (
-                        StatusCode::OK,
-                        Bytes::from(serde_json::to_vec(&*running.lock()).unwrap_or_default()),
-                    ),
+                    "/users" => {
+                        let census = running.lock().clone();
+                        let ids = Ids::of(census.map(|c| c.ids()).unwrap_or_default());
+                        (
+                            StatusCode::OK,
+                            Bytes::from(serde_json::to_vec(&ids).unwrap_or_default()),
+                        )
+                    }
                     "/healthz" => (StatusCode::OK, Bytes::from_static(b"ok")),
                     "/readyz" if ready => (StatusCode::OK, Bytes::from_static(b"ready")),
                     "/readyz" => (

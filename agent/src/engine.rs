@@ -325,13 +325,14 @@ impl Engine {
     /// Ids of the users whose tasks exist now, sorted (spawned ones only: call after the
     /// workers had a moment, as an agent does when it reconnects).
     pub fn running_ids(&self) -> Vec<UserId> {
-        let mut ids: Vec<UserId> = self
-            .ctxs
-            .iter()
-            .flat_map(|c| c.users.lock().keys().copied().collect::<Vec<_>>())
-            .collect();
-        ids.sort_unstable();
-        ids
+        self.census().ids()
+    }
+
+    /// A handle that lists the running users at any time, from any thread.
+    pub fn census(&self) -> Census {
+        Census {
+            ctxs: self.ctxs.clone(),
+        }
     }
 
     /// Ids of the users that ended by themselves since the last call (with `track_ended`).
@@ -399,6 +400,25 @@ impl Engine {
         }
         self.scenario.terminate().await;
         self.take_period()
+    }
+}
+
+/// Lists the users of an [`Engine`] (an agent serves it at `/users`).
+#[derive(Clone)]
+pub struct Census {
+    ctxs: Vec<Arc<WorkerCtx>>,
+}
+
+impl Census {
+    /// Ids of the users whose tasks exist now, sorted.
+    pub fn ids(&self) -> Vec<UserId> {
+        let mut ids: Vec<UserId> = self
+            .ctxs
+            .iter()
+            .flat_map(|c| c.users.lock().keys().copied().collect::<Vec<_>>())
+            .collect();
+        ids.sort_unstable();
+        ids
     }
 }
 

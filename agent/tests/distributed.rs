@@ -767,10 +767,17 @@ fn clients_without_the_token_or_speaking_garbage_are_refused() {
     );
     let st = status(m);
     assert_eq!(st["phase"], "Running");
-    let (code, metrics) = http(m, "GET", "/metrics", Some(TOKEN), "");
-    assert_eq!(code, 200);
-    assert!(
-        metrics.contains("murmuration_users{state=\"running\",test=\"idle\"} 10"),
-        "{metrics}"
+    // Running users as the agents last reported them (every second).
+    poll(
+        "the running users in /metrics",
+        Duration::from_secs(10),
+        || {
+            let (code, metrics) = http(m, "GET", "/metrics", Some(TOKEN), "");
+            assert_eq!(code, 200);
+            metrics
+                .contains("murmuration_users{state=\"running\",test=\"idle\"} 10")
+                .then_some(())
+                .ok_or(metrics)
+        },
     );
 }
