@@ -71,6 +71,56 @@ fn the_readme_example_runs_end_to_end_against_the_demo_server() {
 }
 
 #[test]
+fn the_readme_example_runs_on_a_master_and_two_agent_processes() {
+    let out = tempfile::tempdir().unwrap();
+    let o = murmur(&[
+        "run",
+        "manifests/examples/http.yaml",
+        "--demo-server",
+        "http",
+        "--agents",
+        "2",
+        "--duration",
+        "3s",
+        "--plain",
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let r = report(out.path());
+    assert_eq!(r["result"], "Passed");
+    assert_eq!(r["endedBy"], "duration");
+    assert_eq!(r["users"]["peak"], 50, "{}", r["users"]);
+    assert_eq!(r["total"]["errors"], 0, "{}", r["total"]);
+    let steps: Vec<&str> = r["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps.len(), 3, "{steps:?}");
+    // Both agents worked, and the report keeps each one's series.
+    let agents = r["agents"].as_object().unwrap();
+    assert_eq!(agents.len(), 2, "{agents:?}");
+    for (name, series) in agents {
+        let requests: u64 = series
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["requests"].as_u64().unwrap())
+            .sum();
+        assert!(requests > 0, "agent {name} made no request");
+    }
+    // The totals are the merge of what the agents measured.
+    let per_agent: u64 = agents
+        .values()
+        .flat_map(|s| s.as_array().unwrap().iter())
+        .map(|p| p["requests"].as_u64().unwrap())
+        .sum();
+    assert_eq!(per_agent, r["total"]["requests"].as_u64().unwrap());
+}
+
+#[test]
 fn a_failed_threshold_exits_1_with_a_report() {
     let out = tempfile::tempdir().unwrap();
     let manifest = out.path().join("t.yaml");
