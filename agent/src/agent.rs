@@ -554,9 +554,9 @@ pub async fn run_agent(cfg: AgentConfig) -> Result<(), AgentError> {
             _ = tick.tick() => {
                 if let Some(report) = agent.report() {
                     send(&mut link, &report).await;
-                } else if agent.finished {
-                    // Still here after the end: a heartbeat keeps the master from
-                    // counting this agent lost.
+                } else if agent.manifests.is_some() {
+                    // Winding down or over: a heartbeat keeps the master from counting
+                    // this agent lost.
                     let point = agent.point(&Period::default());
                     send(&mut link, &FromAgent::Report {
                         point,

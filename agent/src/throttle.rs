@@ -54,7 +54,28 @@ pub struct Permit {
     pub intended: std::time::Instant,
     /// When the throttle granted it: the times its guarantee is about.
     pub granted: std::time::Instant,
-    _slot: Option<OwnedSemaphorePermit>,
+    /// Held for its drop, which gives the slot back.
+    _slot: Option<ParallelSlot>,
+}
+
+/// A parallel slot, and the throttle's debt: slots in use when the limit was lowered are
+/// not given back when they are released, until the debt is paid.
+struct ParallelSlot {
+    permit: Option<OwnedSemaphorePermit>,
+    debt: Arc<AtomicU64>,
+}
+
+impl Drop for ParallelSlot {
+    fn drop(&mut self) {
+        let paid = self
+            .debt
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1))
+            .is_ok();
+        if let (true, Some(permit)) = (paid, self.permit.take()) {
+            // Taken out of the semaphore for good rather than returned to it.
+            permit.forget();
+        }
+    }
 }
 
 /// A throttle's figures.
@@ -118,6 +139,9 @@ struct State {
     dispatcher: bool,
     /// For parallel limits.
     parallel: Arc<Semaphore>,
+    /// Slots to take out of `parallel` as they are released (the limit was lowered while
+    /// they were in use).
+    debt: Arc<AtomicU64>,
 }
 
 impl State {
@@ -172,6 +196,7 @@ impl Throttle {
                 grants: VecDeque::new(),
                 dispatcher: false,
                 parallel: Arc::new(Semaphore::new(limit.rate as usize)),
+                debt: Arc::new(AtomicU64::new(0)),
             }),
             wake: Arc::new(Notify::new()),
             requested: AtomicU64::new(0),
@@ -209,7 +234,7 @@ impl Throttle {
             let (parallel, rx) = {
                 let mut st = self.state.lock();
                 if st.limit.interval.is_zero() {
-                    (Some(st.parallel.clone()), None)
+                    (Some((st.parallel.clone(), st.debt.clone())), None)
                 } else {
                     let (tx, rx) = oneshot::channel();
                     st.queue.push_back(Waiter { tx });
@@ -220,7 +245,7 @@ impl Throttle {
                     (None, Some(rx))
                 }
             };
-            if let Some(sem) = parallel {
+            if let Some((sem, debt)) = parallel {
                 // Closed when the limit stops being a parallel one: ask again.
                 if let Ok(slot) = sem.acquire_owned().await {
                     guard.1 = true;
@@ -230,7 +255,10 @@ impl Throttle {
                     return Permit {
                         intended: now,
                         granted: now,
-                        _slot: Some(slot),
+                        _slot: Some(ParallelSlot {
+                            permit: Some(slot),
+                            debt,
+                        }),
                     };
                 }
                 continue;
@@ -269,16 +297,27 @@ impl Throttle {
         if was_parallel && limit.interval.is_zero() {
             let (old_n, new_n) = (old.rate as usize, limit.rate as usize);
             if new_n > old_n {
-                st.parallel.add_permits(new_n - old_n);
+                // Pay the debt first: slots still owed are not handed out again.
+                let mut more = new_n - old_n;
+                let owed = st.debt.load(Ordering::Acquire) as usize;
+                let forgiven = owed.min(more);
+                st.debt.fetch_sub(forgiven as u64, Ordering::AcqRel);
+                more -= forgiven;
+                st.parallel.add_permits(more);
             } else {
-                st.parallel.forget_permits(old_n - new_n);
+                // Free slots go at once; slots in use go when they are released.
+                let fewer = old_n - new_n;
+                let gone = st.parallel.forget_permits(fewer);
+                st.debt.fetch_add((fewer - gone) as u64, Ordering::AcqRel);
             }
         } else if was_parallel {
             // Waiters for a parallel slot ask again under the new limit.
             st.parallel.close();
             st.parallel = Arc::new(Semaphore::new(0));
+            st.debt = Arc::new(AtomicU64::new(0));
         } else if limit.interval.is_zero() {
             st.parallel = Arc::new(Semaphore::new(limit.rate as usize));
+            st.debt = Arc::new(AtomicU64::new(0));
             // Rate waiters ask again as parallel ones.
             st.queue.clear();
         }
@@ -640,6 +679,44 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_lowered_parallel_limit_holds_once_the_slots_in_use_are_released() {
+        let t = Throttle::new_here(
+            "p",
+            Limit {
+                rate: 3,
+                interval: Duration::ZERO,
+            },
+        );
+        let a = t.acquire().await;
+        let b = t.acquire().await;
+        let c = t.acquire().await;
+        t.set_limit(Limit {
+            rate: 1,
+            interval: Duration::ZERO,
+        });
+        let t2 = t.clone();
+        let next = tokio::spawn(async move { t2.acquire().await });
+        drop(a);
+        drop(b);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !next.is_finished(),
+            "two slots were released, yet one is still in use of a limit of 1"
+        );
+        drop(c);
+        let d = tokio::time::timeout(Duration::from_secs(1), next)
+            .await
+            .expect("the slot comes free once all are released")
+            .unwrap();
+        let t3 = t.clone();
+        let more = tokio::spawn(async move { t3.acquire().await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!more.is_finished(), "a second slot under a limit of 1");
+        drop(d);
+        more.await.unwrap();
+    }
+
+    #[tokio::test]
     async fn a_parallel_limit_holds_slots_until_dropped() {
         let t = Throttle::new_here(
             "p",
