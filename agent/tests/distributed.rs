@@ -408,7 +408,7 @@ fn a_throttle_shared_by_four_agents_holds_its_limit_and_follows_a_change() {
 kind: LoadTest
 metadata: {{name: paced}}
 spec:
-  users: 400
+  users: 200
   agents: 4
   duration: 20s
   scenario:
@@ -502,9 +502,17 @@ spec: {{loadTest: paced, rate: 10000, interval: 1s}}
         before as f64 >= 0.98 * 10_000.0 * span,
         "{before} requests in {span:.1} s at 10000/s"
     );
+    eprintln!(
+        "saturated at 10000/s: {:.2}% of the limit",
+        100.0 * before as f64 / (10_000.0 * span)
+    );
     let end = *times.last().unwrap();
     let after = count(changed + Duration::from_secs(1), end);
     let span = (end - changed - Duration::from_secs(1)).as_secs_f64();
+    eprintln!(
+        "saturated at 2000/s: {:.2}% of the limit",
+        100.0 * after as f64 / (2_000.0 * span)
+    );
     assert!(
         after as f64 >= 0.98 * 2_000.0 * span,
         "{after} requests in {span:.1} s at 2000/s"
