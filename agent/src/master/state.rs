@@ -866,10 +866,12 @@ impl Core {
         if self.throttles.get(name).is_some_and(|st| st.spec == spec) {
             return Ok(());
         }
-        // A ramp starts from the rate in force (amoc's change_rate_gradually).
+        // A ramp starts from the rate in force (amoc's change_rate_gradually), or from the
+        // new `rate` when that changed too.
         let from = self
             .throttles
             .get(name)
+            .filter(|st| st.spec.rate == spec.rate)
             .map(|st| st.rate_at(now))
             .unwrap_or(limit.rate);
         let st = self
@@ -1765,5 +1767,58 @@ spec: {loadTest: t, rate: 1000, interval: 1s}
             c.tick(t0 + Duration::from_millis(100 * step));
         }
         assert_eq!(c.throttles["shared"].shares.values().sum::<u64>(), 300);
+    }
+
+    #[test]
+    fn a_ramp_and_a_parallel_limit_are_shared_too() {
+        let t0 = Instant::now();
+        let mut c = core(t0);
+        c.hello(1, hello("a", &[]), t0).unwrap();
+        c.hello(2, hello("b", &[]), t0).unwrap();
+        c.tick(t0);
+        for n in ["a", "b"] {
+            c.agents
+                .get_mut(n)
+                .unwrap()
+                .demand
+                .insert("shared".into(), UNBOUNDED);
+        }
+        let ramp: ThrottleSpec = serde_json::from_str(
+            r#"{"loadTest":"t","rate":100,"interval":"1s","ramp":{"to":1000,"step":100,"every":"1s"}}"#,
+        )
+        .unwrap();
+        c.set_throttle("shared", ramp.clone(), t0).unwrap();
+        let sum = |c: &Core| c.throttles["shared"].shares.values().sum::<u64>();
+        c.tick(t0 + Duration::from_millis(100));
+        assert_eq!(sum(&c), 100);
+        for step in 1..=80u64 {
+            c.tick(t0 + Duration::from_millis(100 * step));
+        }
+        // 8 s in: 100 + 8 x 100, shared by both agents.
+        assert_eq!(
+            c.throttles["shared"].rate_at(t0 + Duration::from_secs(8)),
+            900
+        );
+        assert_eq!(sum(&c), 900);
+        // Pushing the same spec again does not restart the ramp.
+        c.set_throttle("shared", ramp, t0 + Duration::from_secs(8))
+            .unwrap();
+        assert_eq!(
+            c.throttles["shared"].rate_at(t0 + Duration::from_secs(8)),
+            900
+        );
+        // Parallel executions: 5 slots over two agents.
+        let parallel: ThrottleSpec =
+            serde_json::from_str(r#"{"loadTest":"t","rate":5,"interval":"0s"}"#).unwrap();
+        let t1 = t0 + Duration::from_secs(9);
+        c.set_throttle("shared", parallel, t1).unwrap();
+        for step in 0..30u64 {
+            c.tick(t1 + Duration::from_millis(100 * step));
+        }
+        assert_eq!(sum(&c), 5);
+        assert!(c.throttles["shared"]
+            .shares
+            .values()
+            .all(|s| *s == 2 || *s == 3));
     }
 }
