@@ -355,6 +355,23 @@ impl Core {
                 None => stray.push(id),
             }
         }
+        // Users it should run but does not (a restarted process under the same name, or
+        // a start lost with the old connection) start again, wherever there is room.
+        if self.recovering_until.is_none() {
+            let running: HashSet<UserId> = running.iter().collect();
+            let lost: Vec<UserId> = self
+                .owner
+                .iter()
+                .filter(|(id, o)| **o == name && !running.contains(id))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in lost {
+                self.owner.remove(&id);
+                if !ended.iter().any(|e| e == id) {
+                    self.orphans.insert(id);
+                }
+            }
+        }
         for id in ended.iter() {
             if self.owner.get(&id).is_none_or(|o| *o == name) {
                 self.owner.remove(&id);
@@ -840,6 +857,9 @@ impl Core {
 
     /// Replaces the scenario variables.
     pub fn set_vars(&mut self, vars: Vars) {
+        if self.memo.vars.as_ref() == Some(&vars) {
+            return;
+        }
         self.memo.vars = Some(vars);
         self.bump_memo();
     }
@@ -905,6 +925,10 @@ impl Core {
     /// are released as by a timeout).
     pub fn set_coordinator(&mut self, name: &str, spec: CoordinatorSpec) -> Result<Outbox, String> {
         let timeout = timeout_of(name, &spec)?;
+        if self.coordinators.contains_key(name) && self.memo.coordinators.get(name) == Some(&spec) {
+            // The same plan again (the operator pushes what it sees): nothing changes.
+            return Ok(Outbox::new());
+        }
         let old = self.coordinators.insert(
             name.to_owned(),
             SharedCoordinator {
@@ -1820,5 +1844,27 @@ spec: {loadTest: t, rate: 1000, interval: 1s}
             .shares
             .values()
             .all(|s| *s == 2 || *s == 3));
+    }
+
+    #[test]
+    fn an_agent_restarted_within_the_grace_gets_its_users_started_again() {
+        let t0 = Instant::now();
+        let mut c = core(t0);
+        let mut runs = BTreeMap::new();
+        apply(&c.hello(1, hello("a", &[]), t0).unwrap(), &mut runs);
+        apply(&c.hello(2, hello("b", &[]), t0).unwrap(), &mut runs);
+        apply(&c.tick(t0), &mut runs);
+        exactly_once(&runs, 100);
+        // b's process restarts (a new pod under the same name) and is back in 1 s, with
+        // nothing running: its 50 users must run again, once.
+        c.disconnected(2, "b", t0 + Duration::from_millis(500));
+        runs.insert("b".into(), BTreeSet::new());
+        apply(
+            &c.hello(3, hello("b", &[]), t0 + Duration::from_secs(1))
+                .unwrap(),
+            &mut runs,
+        );
+        apply(&c.tick(t0 + Duration::from_millis(1100)), &mut runs);
+        exactly_once(&runs, 100);
     }
 }
