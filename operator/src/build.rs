@@ -1,0 +1,375 @@
+//! The objects of a test, built from its LoadTest (and its Throttles and Coordinators) by
+//! pure functions: the token Secret, the master pod and its Service, the agents'
+//! StatefulSet, and the ConfigMap that keeps the report. Every pod is hardened: non-root,
+//! read-only root filesystem, no capabilities, no privilege escalation, seccomp
+//! `RuntimeDefault`, and no service account token (only the operator talks to the API).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    SeccompProfile, Secret, SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::ByteString;
+use kube::Resource;
+use murmuration_crds::{Coordinator, LoadTest, Throttle};
+
+use crate::names::{self, AGENT_HEALTH_PORT, MASTER_PORT, TOKEN_KEY};
+
+/// Settings of the operator that shape the pods.
+#[derive(Debug, Clone)]
+pub struct PodSettings {
+    /// The image of masters and agents (unless `spec.agent.image` says otherwise).
+    pub image: String,
+    /// Log filter of masters and agents.
+    pub log: String,
+}
+
+impl Default for PodSettings {
+    fn default() -> Self {
+        PodSettings {
+            image: format!("murmuration/agent:{}", env!("CARGO_PKG_VERSION")),
+            log: "info".into(),
+        }
+    }
+}
+
+/// The owner reference that ties an object to its LoadTest (garbage collected with it).
+pub fn owner(lt: &LoadTest) -> OwnerReference {
+    lt.controller_owner_ref(&())
+        .expect("a stored LoadTest has a name and a uid")
+}
+
+fn meta(lt: &LoadTest, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: lt.metadata.namespace.clone(),
+        labels: Some(names::labels(&test_name(lt))),
+        owner_references: Some(vec![owner(lt)]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The test's name.
+pub fn test_name(lt: &LoadTest) -> String {
+    lt.metadata.name.clone().unwrap_or_default()
+}
+
+/// The Secret with the test's token (created once; the token never changes).
+pub fn token_secret(lt: &LoadTest, token: &str) -> Secret {
+    Secret {
+        metadata: meta(lt, names::token_secret(&test_name(lt))),
+        type_: Some("Opaque".into()),
+        data: Some(BTreeMap::from([(
+            TOKEN_KEY.to_owned(),
+            ByteString(token.as_bytes().to_vec()),
+        )])),
+        ..Secret::default()
+    }
+}
+
+/// The manifests the master runs (`MURMUR_TEST`): the LoadTest and the test's Throttles and
+/// Coordinators as `kubectl apply` files look, without cluster metadata.
+pub fn test_manifests(
+    lt: &LoadTest,
+    throttles: &[Throttle],
+    coordinators: &[Coordinator],
+) -> String {
+    let mut docs = Vec::new();
+    let bare = |kind: &str, name: &str, spec: serde_json::Value| {
+        serde_yaml::to_string(&serde_json::json!({
+            "apiVersion": "murmuration.dev/v1alpha1",
+            "kind": kind,
+            "metadata": {"name": name},
+            "spec": spec,
+        }))
+        .unwrap_or_default()
+    };
+    docs.push(bare(
+        "LoadTest",
+        &test_name(lt),
+        serde_json::to_value(&lt.spec).unwrap_or_default(),
+    ));
+    for t in throttles {
+        docs.push(bare(
+            "Throttle",
+            t.metadata.name.as_deref().unwrap_or_default(),
+            serde_json::to_value(&t.spec).unwrap_or_default(),
+        ));
+    }
+    for c in coordinators {
+        docs.push(bare(
+            "Coordinator",
+            c.metadata.name.as_deref().unwrap_or_default(),
+            serde_json::to_value(&c.spec).unwrap_or_default(),
+        ));
+    }
+    docs.join("---\n")
+}
+
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+fn value_env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+fn token_env(lt: &LoadTest) -> EnvVar {
+    EnvVar {
+        name: "MURMUR_TOKEN".into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: names::token_secret(&test_name(lt)),
+                key: TOKEN_KEY.into(),
+                ..SecretKeySelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+fn hardened_container() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Capabilities::default()
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+fn hardened_pod() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(65532),
+        run_as_group: Some(65532),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..SeccompProfile::default()
+        }),
+        ..PodSecurityContext::default()
+    }
+}
+
+fn http_probe(path: &str, port: i32, period: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::Int(port),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(3),
+        ..Probe::default()
+    }
+}
+
+fn image(lt: &LoadTest, settings: &PodSettings) -> String {
+    lt.spec
+        .agent
+        .as_ref()
+        .and_then(|a| a.image.clone())
+        .unwrap_or_else(|| settings.image.clone())
+}
+
+/// The master pod. Its container restarts in place (`restartPolicy: Always`); a restarted
+/// master learns the running test back from its agents.
+pub fn master_pod(
+    lt: &LoadTest,
+    manifests: &str,
+    settings: &PodSettings,
+) -> k8s_openapi::api::core::v1::Pod {
+    let test = test_name(lt);
+    let mut metadata = meta(lt, names::master(&test));
+    metadata
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .extend(names::component_labels(&test, "master"));
+    k8s_openapi::api::core::v1::Pod {
+        metadata,
+        spec: Some(PodSpec {
+            restart_policy: Some("Always".into()),
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            security_context: Some(hardened_pod()),
+            node_selector: lt
+                .spec
+                .agent
+                .as_ref()
+                .map(|a| a.node_selector.clone())
+                .filter(|n| !n.is_empty()),
+            tolerations: lt
+                .spec
+                .agent
+                .as_ref()
+                .map(|a| a.tolerations.clone())
+                .filter(|t| !t.is_empty()),
+            containers: vec![Container {
+                name: "master".into(),
+                image: Some(image(lt, settings)),
+                args: Some(vec![
+                    "master".into(),
+                    "--listen".into(),
+                    format!("$(POD_IP):{MASTER_PORT}"),
+                ]),
+                env: Some(vec![
+                    field_env("POD_IP", "status.podIP"),
+                    token_env(lt),
+                    value_env("MURMUR_TEST", manifests),
+                    value_env("MURMUR_LOG", &settings.log),
+                ]),
+                ports: Some(vec![ContainerPort {
+                    name: Some("api".into()),
+                    container_port: MASTER_PORT,
+                    protocol: Some("TCP".into()),
+                    ..ContainerPort::default()
+                }]),
+                readiness_probe: Some(http_probe("/healthz", MASTER_PORT, 2)),
+                liveness_probe: Some(Probe {
+                    initial_delay_seconds: Some(10),
+                    ..http_probe("/healthz", MASTER_PORT, 10)
+                }),
+                resources: Some(ResourceRequirements {
+                    requests: Some(BTreeMap::from([
+                        ("cpu".into(), Quantity("100m".into())),
+                        ("memory".into(), Quantity("64Mi".into())),
+                    ])),
+                    ..ResourceRequirements::default()
+                }),
+                security_context: Some(hardened_container()),
+                ..Container::default()
+            }],
+            ..PodSpec::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The master's Service: agents and the operator reach the master by its name.
+pub fn master_service(lt: &LoadTest) -> Service {
+    let test = test_name(lt);
+    Service {
+        metadata: meta(lt, names::master(&test)),
+        spec: Some(ServiceSpec {
+            selector: Some(names::component_labels(&test, "master")),
+            ports: Some(vec![ServicePort {
+                name: Some("api".into()),
+                port: MASTER_PORT,
+                target_port: Some(IntOrString::Int(MASTER_PORT)),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+/// The agents: a StatefulSet, so that an agent pod that dies comes back under its name
+/// (and the master does not run its old users twice).
+pub fn agents(lt: &LoadTest, settings: &PodSettings) -> StatefulSet {
+    let test = test_name(lt);
+    let namespace = lt.metadata.namespace.clone().unwrap_or_default();
+    let selector = names::component_labels(&test, "agent");
+    let mut pod_labels = names::labels(&test);
+    pod_labels.extend(selector.clone());
+    let agent = lt.spec.agent.clone().unwrap_or_default();
+    StatefulSet {
+        metadata: meta(lt, names::agents(&test)),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(lt.spec.agents),
+            service_name: Some(names::agents(&test)),
+            pod_management_policy: Some("Parallel".into()),
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    security_context: Some(hardened_pod()),
+                    termination_grace_period_seconds: Some(10),
+                    node_selector: Some(agent.node_selector.clone()).filter(|n| !n.is_empty()),
+                    tolerations: Some(agent.tolerations.clone()).filter(|t| !t.is_empty()),
+                    containers: vec![Container {
+                        name: "agent".into(),
+                        image: Some(image(lt, settings)),
+                        args: Some(vec![
+                            "agent".into(),
+                            "--master".into(),
+                            names::master_url(&test, &namespace),
+                            "--name".into(),
+                            "$(POD_NAME)".into(),
+                            "--health-listen".into(),
+                            format!("$(POD_IP):{AGENT_HEALTH_PORT}"),
+                        ]),
+                        env: Some(vec![
+                            field_env("POD_NAME", "metadata.name"),
+                            field_env("POD_IP", "status.podIP"),
+                            token_env(lt),
+                            value_env("MURMUR_LOG", &settings.log),
+                        ]),
+                        ports: Some(vec![ContainerPort {
+                            name: Some("health".into()),
+                            container_port: AGENT_HEALTH_PORT,
+                            protocol: Some("TCP".into()),
+                            ..ContainerPort::default()
+                        }]),
+                        readiness_probe: Some(http_probe("/readyz", AGENT_HEALTH_PORT, 2)),
+                        liveness_probe: Some(Probe {
+                            initial_delay_seconds: Some(10),
+                            ..http_probe("/healthz", AGENT_HEALTH_PORT, 10)
+                        }),
+                        resources: agent.resources.clone(),
+                        security_context: Some(hardened_container()),
+                        ..Container::default()
+                    }],
+                    ..PodSpec::default()
+                }),
+            },
+            ..StatefulSetSpec::default()
+        }),
+        ..StatefulSet::default()
+    }
+}
+
+/// The ConfigMap that keeps the report (gzip-compressed JSON) once the pods are gone.
+pub fn report_configmap(lt: &LoadTest, report_gz: Vec<u8>) -> ConfigMap {
+    ConfigMap {
+        metadata: meta(lt, names::report(&test_name(lt))),
+        binary_data: Some(BTreeMap::from([(
+            names::REPORT_KEY.to_owned(),
+            ByteString(report_gz),
+        )])),
+        ..ConfigMap::default()
+    }
+}
