@@ -23,6 +23,21 @@ fn committed_crd_yaml_is_up_to_date() {
 }
 
 /// Walks every schema node, calling `f(path, node)`.
+#[test]
+fn the_helm_chart_ships_the_same_crds() {
+    let chart = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../charts/murmuration/crds");
+    for (file, _) in murmuration_crds::crd::all() {
+        let ours = std::fs::read_to_string(manifests_dir().join(file)).unwrap();
+        let charted = std::fs::read_to_string(chart.join(file)).unwrap_or_else(|e| {
+            panic!("charts/murmuration/crds/{file}: {e}; run `cargo run -p murmuration-crds --bin crdgen`")
+        });
+        assert!(
+            ours == charted,
+            "charts/murmuration/crds/{file} differs from manifests/crds/{file}; run `cargo run -p murmuration-crds --bin crdgen`"
+        );
+    }
+}
+
 fn walk(path: &str, node: &Value, f: &mut dyn FnMut(&str, &serde_json::Map<String, Value>)) {
     if let Value::Object(map) = node {
         f(path, map);
