@@ -51,6 +51,21 @@ enum Commands {
     Master(MasterArgs),
     /// Run an agent of a distributed test: it runs the users its master assigns.
     Agent(AgentArgs),
+    /// Write the report of a test the operator ran (kept in the cluster after its pods
+    /// are gone), with your kubeconfig.
+    Report(ReportArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ReportArgs {
+    /// The LoadTest's name.
+    name: String,
+    /// Its namespace (default: the kubeconfig's).
+    #[arg(short, long)]
+    namespace: Option<String>,
+    /// Directory for report.json and report.html.
+    #[arg(long, default_value = ".")]
+    out: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -162,6 +177,7 @@ pub fn main_with(registry: Registry) -> ExitCode {
         Commands::DemoServer(args) => demo_command(args),
         Commands::Master(args) => master_command(args, registry),
         Commands::Agent(args) => agent_command(args, registry),
+        Commands::Report(args) => report_command(args),
     }
 }
 
@@ -653,4 +669,27 @@ fn demo_command(args: DemoArgs) -> ExitCode {
             }
         },
     }
+}
+
+fn report_command(args: ReportArgs) -> ExitCode {
+    runtime().block_on(async move {
+        match crate::report::stored::write_stored_report(
+            &args.name,
+            args.namespace.as_deref(),
+            &args.out,
+        )
+        .await
+        {
+            Ok(paths) => {
+                for p in paths {
+                    println!("wrote {}", p.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(EXIT_FAILED)
+            }
+        }
+    })
 }

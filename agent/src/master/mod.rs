@@ -332,7 +332,7 @@ async fn books(mut core: Core, mut events: mpsc::UnboundedReceiver<Event>) {
                             None => core.build(false, now),
                         };
                         if let Some(n) = max_points {
-                            r.downsample(n);
+                            r = crate::report::io::downsample(&r, n);
                         }
                         Answer::Report(Box::new(r))
                     }

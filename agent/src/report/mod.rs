@@ -4,6 +4,7 @@
 pub mod html;
 pub mod io;
 pub mod model;
+pub mod stored;
 pub mod summary;
 
 pub use model::*;

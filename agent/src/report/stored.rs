@@ -1,0 +1,98 @@
+//! `murmur report NAME`: the report of a test run by the operator, read back from the
+//! ConfigMap the operator keeps it in (`<name>-report`, gzip-compressed JSON, owned by the
+//! LoadTest, so that it outlives the pods), with the user's kubeconfig.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::Api;
+
+use crate::report::io::write_reports;
+use crate::report::Report;
+
+/// The key of the report in the ConfigMap.
+pub const REPORT_KEY: &str = "report.json.gz";
+
+/// Why the stored report could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum StoredReportError {
+    /// No kubeconfig, or the cluster is unreachable.
+    #[error("cannot reach the cluster: {0}")]
+    Cluster(#[source] kube::Error),
+    /// No such ConfigMap: the test has not finished, or is unknown.
+    #[error("no report for LoadTest {name} in namespace {namespace}: ConfigMap {name}-report not found (is the test finished?)")]
+    Missing {
+        /// The test.
+        name: String,
+        /// Its namespace.
+        namespace: String,
+    },
+    /// The ConfigMap holds no readable report.
+    #[error("ConfigMap {0}-report holds no readable report: {1}")]
+    Unreadable(String, String),
+    /// Writing the files failed.
+    #[error(transparent)]
+    Write(#[from] crate::report::io::ReportError),
+}
+
+/// Reads the stored report of test `name` (in `namespace`, else the kubeconfig's) and
+/// writes `report.json` and `report.html` into `out`.
+pub async fn write_stored_report(
+    name: &str,
+    namespace: Option<&str>,
+    out: &Path,
+) -> Result<Vec<PathBuf>, StoredReportError> {
+    let client = kube::Client::try_default()
+        .await
+        .map_err(StoredReportError::Cluster)?;
+    let namespace = namespace
+        .map(str::to_owned)
+        .unwrap_or_else(|| client.default_namespace().to_owned());
+    let cms: Api<ConfigMap> = Api::namespaced(client, &namespace);
+    let cm = cms
+        .get_opt(&format!("{name}-report"))
+        .await
+        .map_err(StoredReportError::Cluster)?
+        .ok_or_else(|| StoredReportError::Missing {
+            name: name.to_owned(),
+            namespace: namespace.clone(),
+        })?;
+    let gz = cm
+        .binary_data
+        .and_then(|d| d.get(REPORT_KEY).map(|b| b.0.clone()))
+        .ok_or_else(|| StoredReportError::Unreadable(name.into(), format!("no {REPORT_KEY}")))?;
+    let report = decode(&gz).map_err(|e| StoredReportError::Unreadable(name.into(), e))?;
+    Ok(write_reports(out, &report)?)
+}
+
+/// A report from its gzip-compressed JSON.
+pub fn decode(gz: &[u8]) -> Result<Report, String> {
+    let mut json = Vec::new();
+    flate2::read::GzDecoder::new(gz)
+        .read_to_end(&mut json)
+        .map_err(|e| format!("not gzip: {e}"))?;
+    serde_json::from_slice(&json).map_err(|e| format!("not a report: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_compressed_report_reads_back_and_garbage_is_named() {
+        let report: Report = serde_json::from_value(serde_json::json!({
+            "format": 1, "name": "t", "scenario": "http", "startedAtMs": 1, "durationS": 1.0,
+            "result": "Passed", "endedBy": "duration",
+            "users": {"desired": 1, "peak": 1, "started": 1, "finished": 1, "failed": 0, "iterations": 3},
+            "total": {"name": "total", "requests": 3, "errors": 0, "errorsByKind": {}, "rate": 3.0,
+                      "latencyMs": {"min": 1.0, "mean": 1.0, "p50": 1.0, "p90": 1.0, "p95": 1.0, "p99": 1.0, "p999": 1.0, "max": 1.0},
+                      "histogram": ""},
+            "steps": [], "thresholds": [], "throttles": [], "coordinators": [], "series": [], "bucketS": 1, "agents": {}
+        }))
+        .unwrap();
+        let gz = crate::report::io::compressed_json(&report);
+        assert_eq!(decode(&gz).unwrap().total.requests, 3);
+        assert!(decode(b"plain text").unwrap_err().contains("not gzip"));
+    }
+}
