@@ -193,7 +193,7 @@ pub fn without_master(lt: &LoadTest, why: &str, now: &Time) -> LoadTestStatus {
             "Invalid",
             false,
             "SpecValid",
-            String::new(),
+            "the spec is valid".into(),
             generation,
             now,
         ),
@@ -338,7 +338,7 @@ pub fn from_master(
                 "Invalid",
                 false,
                 "SpecValid",
-                String::new(),
+                "the spec is valid".into(),
                 generation,
                 now,
             ),
@@ -363,7 +363,11 @@ pub fn from_master(
                 "Progressing",
                 progressing,
                 if progressing { "Ramping" } else { "Steady" },
-                String::new(),
+                if progressing {
+                    format!("users moving towards {desired}")
+                } else {
+                    format!("{} users steady", users.running)
+                },
                 generation,
                 now,
             ),
@@ -376,7 +380,7 @@ pub fn from_master(
                 } else {
                     "AgentsConnected"
                 },
-                String::new(),
+                format!("{agents_ready} of {} agents connected", lt.spec.agents),
                 generation,
                 now,
             ),

@@ -1,0 +1,585 @@
+//! The operator end to end, on the real control plane with the test kubelet: the Helm chart
+//! installs (Helm SDK) and the operator runs as a pod with the chart's RBAC only; a
+//! LoadTest applied with kubectl runs all its users on two agents; `kubectl scale` and
+//! `kubectl patch` change the running set to exactly 1..N; a deleted agent pod comes back
+//! and no user is lost or doubled; a Throttle edited live changes the measured rate; an
+//! invalid LoadTest creates nothing and recovers when fixed; a finished test keeps its
+//! result and its report (`murmur report`) after its pods are gone; `kubectl delete` leaves
+//! nothing behind.
+//!
+//! Which users run where is read from each agent pod's own `/users` endpoint.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::Client;
+use murmuration_crds::{LoadTest, Throttle};
+use murmuration_e2e::manifests;
+use murmuration_e2e::util::{http_get, poll_until, scaled};
+use murmuration_e2e::{binaries, ControlPlane, KubeletConfig, Result, TestKubelet};
+use serde_json::json;
+
+const SYSTEM: &str = "murmuration-system";
+const NS: &str = "lt";
+
+fn kubectl(cp: &ControlPlane, args: &[&str]) -> String {
+    // A discovery cache of its own: another control plane may have had this port before,
+    // without our CRDs.
+    let cache = std::env::temp_dir().join(format!(
+        "murmuration-e2e-kubectl-cache-{}",
+        std::process::id()
+    ));
+    let out = cp
+        .kubectl()
+        .arg(format!("--cache-dir={}", cache.display()))
+        .args(args)
+        .output()
+        .expect("kubectl runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "kubectl {args:?}: {text}");
+    text
+}
+
+/// Lints and installs the chart with the Helm SDK; returns the lint messages.
+fn helm_install(kubeconfig: &Path) -> String {
+    let chart = binaries::workspace_root().join("charts/murmuration");
+    let script = r#"
+import json, sys
+import helm_python
+chart, kubeconfig, ns = sys.argv[1], sys.argv[2], sys.argv[3]
+lint = helm_python.lint(chart)
+if lint.get("errors"):
+    sys.exit("helm lint: " + json.dumps(lint))
+cfg = helm_python.Config(kubeconfig_path=kubeconfig, namespace=ns)
+cfg.install(chart, "murmuration", {"logLevel": "info"}, namespace=ns)
+print(json.dumps(lint))
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(&chart)
+        .arg(kubeconfig)
+        .arg(SYSTEM)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "helm install: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn is_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// The users each agent pod of `test` runs now, from its `/users` endpoint.
+fn users_of(kubelet: &TestKubelet, test: &str, agents: u32) -> Option<Vec<Vec<u64>>> {
+    let mut out = Vec::new();
+    for i in 0..agents {
+        let ip: Ipv4Addr = kubelet.pod_ip(NS, &format!("{test}-agent-{i}"))?;
+        let resp = http_get(&format!("{ip}:8081"), "/users", Duration::from_secs(2)).ok()?;
+        let ranges: Vec<(u64, u64)> = serde_json::from_str(&resp.body).ok()?;
+        out.push(ranges.into_iter().flat_map(|(a, b)| a..=b).collect());
+    }
+    Some(out)
+}
+
+/// Whether every id of 1..=n runs on exactly one agent.
+fn exactly_once(sets: &[Vec<u64>], n: u64) -> bool {
+    let total: usize = sets.iter().map(|s| s.len()).sum();
+    let union: BTreeSet<u64> = sets.iter().flatten().copied().collect();
+    total as u64 == n && union == (1..=n).collect()
+}
+
+async fn status_of(api: &Api<LoadTest>, name: &str) -> Option<serde_json::Value> {
+    let lt = api.get(name).await.ok()?;
+    serde_json::to_value(lt.status?).ok()
+}
+
+async fn wait_users(
+    what: &str,
+    api: &Api<LoadTest>,
+    kubelet: &TestKubelet,
+    test: &str,
+    agents: u32,
+    n: u64,
+) -> Result<Duration> {
+    let t = Instant::now();
+    poll_until(
+        what,
+        scaled(Duration::from_secs(60)),
+        Duration::from_millis(100),
+        &[],
+        || async {
+            let st = status_of(api, test).await?;
+            let running = st["users"]["running"].as_u64()?;
+            let sets = users_of(kubelet, test, agents)?;
+            (running == n && exactly_once(&sets, n)).then_some(())
+        },
+    )
+    .await
+    .inspect_err(|_| eprintln!("{}", kubelet.dump_logs()))?;
+    Ok(t.elapsed())
+}
+
+fn shop(users: u32) -> String {
+    format!(
+        "apiVersion: murmuration.dev/v1alpha1
+kind: LoadTest
+metadata: {{name: shop, namespace: {NS}}}
+spec:
+  users: {users}
+  agents: 2
+  vars: {{target: \"http://demo.{NS}.svc:8080\"}}
+  scenario:
+    http:
+      baseUrl: \"{{{{vars.target}}}}\"
+      steps:
+        - request: {{name: home, path: /}}
+        - think: {{duration: 200ms}}
+  thresholds:
+    - {{metric: errors.ratio, max: \"0.01\"}}
+"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_runs_scales_and_cleans_up_load_tests() -> Result<()> {
+    // Build the binaries first, before any deadline.
+    let murmur = binaries::project_binary("murmuration-agent", "murmur")?;
+    binaries::project_binary("murmuration-operator", "murmur-operator")?;
+    let cp = ControlPlane::start().await?;
+    let admin = cp.admin_client().await?;
+    let kubelet = cp.start_kubelet(KubeletConfig::default()).await?;
+    cp.create_namespace(&admin, SYSTEM).await?;
+    cp.create_namespace(&admin, NS).await?;
+
+    // The chart installs, with its CRDs; the operator runs as a pod under the chart's RBAC.
+    let lint = helm_install(cp.admin_kubeconfig());
+    eprintln!("operator: helm lint: {lint}");
+    for crd in [
+        "loadtests.murmuration.dev",
+        "throttles.murmuration.dev",
+        "coordinators.murmuration.dev",
+    ] {
+        manifests::wait_crd_established(&admin, crd).await?;
+    }
+    let system_pods: Api<Pod> = Api::namespaced(admin.clone(), SYSTEM);
+    poll_until(
+        "the operator pod Ready",
+        scaled(Duration::from_secs(60)),
+        Duration::from_millis(200),
+        &[],
+        || async {
+            let pods = system_pods
+                .list(&ListParams::default().labels("app.kubernetes.io/component=operator"))
+                .await
+                .ok()?;
+            pods.items.iter().any(is_ready).then_some(())
+        },
+    )
+    .await
+    .inspect_err(|_| eprintln!("{}", kubelet.dump_logs()))?;
+
+    // The target: murmur's demo server, as a pod behind a Service.
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), NS);
+    let demo: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "demo", "namespace": NS, "labels": {"app": "demo"}},
+        "spec": {"automountServiceAccountToken": false, "containers": [{
+            "name": "demo", "image": "murmuration/agent:dev",
+            "args": ["demo-server", "http", "--listen", "$(POD_IP):8080", "--threads", "1"],
+            "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+            "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1}
+        }]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &demo).await.unwrap();
+    let svc: Service = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "demo", "namespace": NS},
+        "spec": {"selector": {"app": "demo"}, "ports": [{"port": 8080, "targetPort": 8080, "protocol": "TCP"}]}
+    }))
+    .unwrap();
+    Api::<Service>::namespaced(admin.clone(), NS)
+        .create(&PostParams::default(), &svc)
+        .await
+        .unwrap();
+
+    // kubectl apply: Running with all its users, on two agents, each id once.
+    let tests: Api<LoadTest> = Api::namespaced(admin.clone(), NS);
+    let t = Instant::now();
+    manifests::apply_yaml(&admin, &shop(100), NS).await?;
+    wait_users("100 users running", &tests, &kubelet, "shop", 2, 100).await?;
+    let to_running = t.elapsed();
+    eprintln!("operator: kubectl apply → 100 users running on 2 agents: {to_running:?}");
+    let st = status_of(&tests, "shop").await.unwrap();
+    assert_eq!(st["phase"], "Running", "{st}");
+    assert_eq!(st["agents"]["ready"], 2, "{st}");
+    let table = kubectl(&cp, &["get", "lt", "-n", NS]);
+    eprintln!("{table}");
+    for column in [
+        "PHASE", "USERS", "RUNNING", "AGENTS", "RPS", "P99", "RESULT", "AGE",
+    ] {
+        assert!(table.contains(column), "no column {column}: {table}");
+    }
+    assert!(table.contains("Running"), "{table}");
+    poll_until(
+        "a request rate in the status",
+        scaled(Duration::from_secs(20)),
+        Duration::from_millis(200),
+        &[],
+        || async {
+            let st = status_of(&tests, "shop").await?;
+            (st["requests"]["perSecond"].as_f64()? > 0.0).then_some(())
+        },
+    )
+    .await?;
+
+    // kubectl scale, up and down; kubectl patch of spec.users.
+    let t = Instant::now();
+    kubectl(&cp, &["scale", "-n", NS, "lt/shop", "--replicas=150"]);
+    wait_users(
+        "150 users after kubectl scale",
+        &tests,
+        &kubelet,
+        "shop",
+        2,
+        150,
+    )
+    .await?;
+    eprintln!(
+        "operator: kubectl scale 100 → 150 running: {:?}",
+        t.elapsed()
+    );
+    kubectl(&cp, &["scale", "-n", NS, "lt/shop", "--replicas=40"]);
+    wait_users(
+        "40 users after kubectl scale",
+        &tests,
+        &kubelet,
+        "shop",
+        2,
+        40,
+    )
+    .await?;
+    kubectl(
+        &cp,
+        &[
+            "patch",
+            "-n",
+            NS,
+            "lt/shop",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"users":60}}"#,
+        ],
+    );
+    wait_users(
+        "60 users after kubectl patch",
+        &tests,
+        &kubelet,
+        "shop",
+        2,
+        60,
+    )
+    .await?;
+
+    // An agent pod deleted: a new one takes its name and place; no user lost or doubled.
+    let before = pods.get("shop-agent-1").await.unwrap().metadata.uid;
+    pods.delete("shop-agent-1", &DeleteParams::default())
+        .await
+        .unwrap();
+    poll_until(
+        "shop-agent-1 replaced and ready",
+        scaled(Duration::from_secs(60)),
+        Duration::from_millis(200),
+        &[],
+        || async {
+            let p = pods.get("shop-agent-1").await.ok()?;
+            (p.metadata.uid != before && is_ready(&p)).then_some(())
+        },
+    )
+    .await
+    .inspect_err(|_| eprintln!("{}", kubelet.dump_logs()))?;
+    wait_users(
+        "60 users after an agent was replaced",
+        &tests,
+        &kubelet,
+        "shop",
+        2,
+        60,
+    )
+    .await?;
+    let events = kubectl(
+        &cp,
+        &[
+            "get",
+            "events",
+            "-n",
+            NS,
+            "--field-selector",
+            "involvedObject.name=shop",
+        ],
+    );
+    assert!(events.contains("Started"), "{events}");
+    assert!(events.contains("Scaled"), "{events}");
+    tests
+        .delete("shop", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert_nothing_left(&admin, "shop").await?;
+
+    // A Throttle edited live: the measured rate follows.
+    let throttled = format!(
+        "apiVersion: murmuration.dev/v1alpha1
+kind: Throttle
+metadata: {{name: paced-rate, namespace: {NS}}}
+spec: {{loadTest: paced, rate: 100, interval: 1s}}
+---
+apiVersion: murmuration.dev/v1alpha1
+kind: LoadTest
+metadata: {{name: paced, namespace: {NS}}}
+spec:
+  users: 20
+  agents: 1
+  scenario:
+    http:
+      baseUrl: http://demo.{NS}.svc:8080
+      steps:
+        - throttle: paced-rate
+        - request: {{name: hit, path: /}}
+"
+    );
+    manifests::apply_yaml(&admin, &throttled, NS).await?;
+    let throttles: Api<Throttle> = Api::namespaced(admin.clone(), NS);
+    wait_users("20 paced users", &tests, &kubelet, "paced", 1, 20).await?;
+    // The rate from the Throttle's status: sampled often, measured between two moments
+    // when the status had just been written (it is refreshed every 2 s).
+    let rate_over = |secs: u64| {
+        let throttles = throttles.clone();
+        async move {
+            let mut changes: Vec<(Instant, i64)> = Vec::new();
+            let mut last = None;
+            let end = Instant::now() + Duration::from_secs(secs);
+            while Instant::now() < end {
+                let v = throttles.get("paced-rate").await.ok()?.status?.executed;
+                if last != Some(v) {
+                    changes.push((Instant::now(), v));
+                    last = Some(v);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            // The first sample may be stale: measure from the first change on.
+            let (t0, v0) = *changes.get(1)?;
+            let (t1, v1) = *changes.last()?;
+            (t1 > t0).then(|| (v1 - v0) as f64 / (t1 - t0).as_secs_f64())
+        }
+    };
+    // The status follows within 2 s: measure over windows long enough for that.
+    let fast = rate_over(9).await.expect("throttle status");
+    manifests::apply_yaml(
+        &admin,
+        &format!("apiVersion: murmuration.dev/v1alpha1\nkind: Throttle\nmetadata: {{name: paced-rate, namespace: {NS}}}\nspec: {{loadTest: paced, rate: 20, interval: 1s}}\n"),
+        NS,
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let slow = rate_over(9).await.expect("throttle status");
+    eprintln!("operator: throttle 100/s measured {fast:.1}/s; edited to 20/s measured {slow:.1}/s");
+    assert!(
+        (85.0..=105.0).contains(&fast),
+        "{fast}/s at a limit of 100/s"
+    );
+    assert!((16.0..=22.0).contains(&slow), "{slow}/s at a limit of 20/s");
+    tests
+        .delete("paced", &DeleteParams::default())
+        .await
+        .unwrap();
+    throttles
+        .delete("paced-rate", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert_nothing_left(&admin, "paced").await?;
+
+    // An invalid LoadTest: condition Invalid and an Event naming the field, nothing created;
+    // fixed, it runs.
+    let bad = format!(
+        "apiVersion: murmuration.dev/v1alpha1
+kind: LoadTest
+metadata: {{name: bad, namespace: {NS}}}
+spec:
+  users: 1
+  agents: 1
+  duration: 3s
+  scenario:
+    http:
+      baseUrl: http://demo.{NS}.svc:8080
+      steps:
+        - throttle: nowhere
+        - request: {{path: /}}
+"
+    );
+    // What the schema refuses never gets in.
+    let refused = cp
+        .kubectl()
+        .args(["apply", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin
+                .take()
+                .unwrap()
+                .write_all(bad.replace("users: 1", "users: -5").as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(
+        !refused.status.success(),
+        "a negative user count was accepted"
+    );
+    manifests::apply_yaml(&admin, &bad, NS).await?;
+    let st = poll_until(
+        "condition Invalid",
+        scaled(Duration::from_secs(30)),
+        Duration::from_millis(200),
+        &[],
+        || async {
+            let st = status_of(&tests, "bad").await?;
+            st["conditions"]
+                .as_array()?
+                .iter()
+                .any(|c| c["type"] == "Invalid" && c["status"] == "True")
+                .then_some(st)
+        },
+    )
+    .await?;
+    assert!(
+        st["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.scenario.http.steps[0].throttle"),
+        "{st}"
+    );
+    let events = kubectl(
+        &cp,
+        &[
+            "get",
+            "events",
+            "-n",
+            NS,
+            "--field-selector",
+            "involvedObject.name=bad",
+        ],
+    );
+    assert!(
+        events.contains("Invalid") && events.contains("steps[0].throttle"),
+        "{events}"
+    );
+    let created = pods
+        .list(&ListParams::default().labels("murmuration.dev/loadtest=bad"))
+        .await
+        .unwrap();
+    assert!(
+        created.items.is_empty(),
+        "pods of an invalid test: {:?}",
+        created.items.len()
+    );
+    // Fixed (and made to finish): it runs to the end, keeps its result and its report.
+    let fixed = bad
+        .replace("        - throttle: nowhere\n", "")
+        .replace("  duration: 3s\n", "  duration: 3s\n  cleanup: {policy: Always}\n  thresholds:\n    - {metric: errors.ratio, max: \"0.01\"}\n");
+    manifests::apply_yaml(&admin, &fixed, NS).await?;
+    let st = poll_until(
+        "the fixed test finished",
+        scaled(Duration::from_secs(90)),
+        Duration::from_millis(250),
+        &[],
+        || async {
+            let st = status_of(&tests, "bad").await?;
+            (st["phase"] == "Succeeded").then_some(st)
+        },
+    )
+    .await
+    .inspect_err(|_| eprintln!("{}", kubelet.dump_logs()))?;
+    assert_eq!(st["result"], "Passed", "{st}");
+    assert_eq!(st["thresholds"][0]["passed"], true, "{st}");
+    assert!(st["requests"]["total"].as_i64().unwrap() > 0, "{st}");
+    assert!(st["completionTime"].is_string(), "{st}");
+    poll_until(
+        "the finished test's pods gone",
+        scaled(Duration::from_secs(30)),
+        Duration::from_millis(200),
+        &[],
+        || async {
+            let l = pods
+                .list(&ListParams::default().labels("murmuration.dev/loadtest=bad"))
+                .await
+                .ok()?;
+            l.items.is_empty().then_some(())
+        },
+    )
+    .await?;
+    let out = tempfile::tempdir().unwrap();
+    let report = Command::new(&murmur)
+        .args(["report", "bad", "-n", NS, "--out"])
+        .arg(out.path())
+        .env("KUBECONFIG", cp.admin_kubeconfig())
+        .output()
+        .unwrap();
+    assert!(
+        report.status.success(),
+        "murmur report: {}",
+        String::from_utf8_lossy(&report.stderr)
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("report.json")).unwrap()).unwrap();
+    assert_eq!(json["name"], "bad");
+    assert_eq!(json["result"], "Passed");
+    assert!(out.path().join("report.html").exists());
+
+    // kubectl delete: nothing of the test is left.
+    kubectl(&cp, &["delete", "-n", NS, "lt/bad"]);
+    assert_nothing_left(&admin, "bad").await?;
+    Ok(())
+}
+
+/// Every pod, Service, Secret and ConfigMap of `test` is gone (garbage collection by owner
+/// references).
+async fn assert_nothing_left(client: &Client, test: &str) -> Result<()> {
+    let selector = format!("murmuration.dev/loadtest={test}");
+    let lp = ListParams::default().labels(&selector);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let svcs: Api<Service> = Api::namespaced(client.clone(), NS);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), NS);
+    poll_until(
+        format!("everything of {test} gone"),
+        scaled(Duration::from_secs(60)),
+        Duration::from_millis(250),
+        &[],
+        || async {
+            let n = pods.list(&lp).await.ok()?.items.len()
+                + svcs.list(&lp).await.ok()?.items.len()
+                + secrets.list(&lp).await.ok()?.items.len()
+                + cms.list(&lp).await.ok()?.items.len();
+            (n == 0).then_some(())
+        },
+    )
+    .await
+}
