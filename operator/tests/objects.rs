@@ -1,0 +1,210 @@
+//! The objects the operator builds for a test, and the status it computes from a master's
+//! state, as whole YAML documents in `tests/snapshots/` — readable as documentation of
+//! what `kubectl apply` of a LoadTest creates. No API server: these are pure functions.
+//!
+//! After an intended change: `UPDATE_SNAPSHOTS=1 cargo test -p murmuration-operator`, then
+//! review the diff of `tests/snapshots/`.
+
+use std::path::PathBuf;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use murmuration_crds::api::MasterStatus;
+use murmuration_crds::{Coordinator, LoadTest, Throttle};
+use murmuration_operator::build::{self, PodSettings};
+use murmuration_operator::status::{self, Transition};
+use murmuration_operator::validate::validate;
+
+fn snapshot(name: &str, value: &impl serde::Serialize) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/snapshots")
+        .join(format!("{name}.yaml"));
+    let yaml = serde_yaml::to_string(value).unwrap();
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        std::fs::write(&path, &yaml).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_default();
+    if expected != yaml {
+        let diff: Vec<String> = expected
+            .lines()
+            .zip(yaml.lines())
+            .enumerate()
+            .filter(|(_, (a, b))| a != b)
+            .take(5)
+            .map(|(i, (a, b))| format!("line {}:\n  expected: {a}\n  actual:   {b}", i + 1))
+            .collect();
+        panic!(
+            "{} differs ({} vs {} lines):\n{}\nrun with UPDATE_SNAPSHOTS=1 and review the diff",
+            path.display(),
+            expected.lines().count(),
+            yaml.lines().count(),
+            diff.join("\n")
+        );
+    }
+}
+
+fn test() -> LoadTest {
+    serde_yaml::from_str(
+        "apiVersion: murmuration.dev/v1alpha1
+kind: LoadTest
+metadata:
+  name: checkout
+  namespace: shop
+  uid: 0b5e6f1c-1111-4222-8333-944455556666
+  generation: 3
+spec:
+  users: 500
+  agents: 2
+  userRate: 20/s
+  duration: 10m
+  vars: {base_url: \"http://shop.default.svc:8080\"}
+  scenario:
+    http:
+      baseUrl: \"{{vars.base_url}}\"
+      steps:
+        - request: {name: home, method: GET, path: /, expect: {status: 200}}
+        - throttle: checkout-rate
+        - coordinate: pairs
+  thresholds:
+    - {metric: latency.p99, max: 500ms}
+  agent:
+    resources: {requests: {cpu: 500m, memory: 256Mi}}
+    nodeSelector: {pool: load}
+",
+    )
+    .unwrap()
+}
+
+fn throttle() -> Throttle {
+    serde_yaml::from_str(
+        "apiVersion: murmuration.dev/v1alpha1
+kind: Throttle
+metadata: {name: checkout-rate, namespace: shop}
+spec: {loadTest: checkout, rate: 100, interval: 1m}
+",
+    )
+    .unwrap()
+}
+
+fn coordinator() -> Coordinator {
+    serde_yaml::from_str(
+        "apiVersion: murmuration.dev/v1alpha1
+kind: Coordinator
+metadata: {name: pairs, namespace: shop}
+spec:
+  loadTest: checkout
+  timeout: 30s
+  plan:
+    - {users: 2, action: pairs}
+",
+    )
+    .unwrap()
+}
+
+fn settings() -> PodSettings {
+    PodSettings {
+        image: "murmuration/agent:0.1.0".into(),
+        log: "info".into(),
+    }
+}
+
+fn at(s: &str) -> Time {
+    Time(s.parse().unwrap())
+}
+
+#[test]
+fn the_objects_of_a_test() {
+    let lt = test();
+    validate(&lt.spec, &["checkout-rate".into()], &["pairs".into()]).unwrap();
+    let manifests = build::test_manifests(&lt, &[throttle()], &[coordinator()]);
+    snapshot(
+        "secret",
+        &build::token_secret(&lt, "0123456789abcdef0123456789abcdef01234567"),
+    );
+    snapshot(
+        "master-pod",
+        &build::master_pod(&lt, &manifests, &settings()),
+    );
+    snapshot("master-service", &build::master_service(&lt));
+    snapshot("agents-statefulset", &build::agents(&lt, &settings()));
+    snapshot(
+        "report-configmap",
+        &build::report_configmap(&lt, vec![0x1f, 0x8b, 8, 0]),
+    );
+}
+
+fn master(phase: &str, running: i64, ready: i64) -> MasterStatus {
+    serde_json::from_value(serde_json::json!({
+        "test": "checkout", "phase": phase, "endedBy": null, "result": null, "message": null,
+        "startedAtMs": 1795000000000u64, "elapsedS": 42.0,
+        "users": {"desired": 500, "running": running, "started": 812, "finished": 310, "failed": 2},
+        "agents": {"desired": 2, "ready": ready},
+        "agentStatus": [
+            {"name": "checkout-agent-0", "ready": true, "users": 250},
+            {"name": "checkout-agent-1", "ready": ready == 2, "users": if ready == 2 { 250 } else { 0 }}
+        ],
+        "requests": {"total": 123456, "perSecond": 2040.5123, "errors": 12},
+        "latencyMs": {"p50": 4.1234, "p95": 9.8, "p99": 15.2, "max": 80.3},
+        "thresholds": [{"metric": "latency.p99", "observed": "15.2ms", "passed": true}],
+        "throttles": [], "coordinators": []
+    }))
+    .unwrap()
+}
+
+#[test]
+fn status_from_the_master_and_its_transitions() {
+    let mut lt = test();
+    let now = at("2026-11-22T10:00:00Z");
+    let (running, events) = status::from_master(&lt, &master("Running", 500, 2), &now);
+    snapshot("status-running", &running);
+    assert_eq!(events, [Transition::Started]);
+
+    // An agent goes away and the test is scaled: both are transitions.
+    lt.status = Some(running);
+    lt.spec.users = 800;
+    let later = at("2026-11-22T10:00:02Z");
+    let (degraded, events) = status::from_master(&lt, &master("Running", 250, 1), &later);
+    snapshot("status-degraded", &degraded);
+    assert_eq!(
+        events,
+        [
+            Transition::Scaled { from: 500, to: 800 },
+            Transition::AgentLost {
+                agent: "checkout-agent-1".into()
+            }
+        ]
+    );
+
+    // The phase never goes back, even if a restarted master says Starting.
+    lt.status = Some(degraded);
+    let (st, _) = status::from_master(&lt, &master("Starting", 0, 0), &later);
+    assert_eq!(format!("{:?}", st.phase.unwrap()), "Running");
+
+    // The end, with a failed threshold.
+    let mut done = master("Finished", 0, 2);
+    done.ended_by = Some("duration".into());
+    done.result = Some(murmuration_crds::loadtest::TestResult::Failed);
+    done.thresholds[0].passed = false;
+    let (finished, events) = status::from_master(&lt, &done, &at("2026-11-22T10:10:00Z"));
+    snapshot("status-finished", &finished);
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0].reason(), "ThresholdFailed");
+    assert_eq!(events[1].reason(), "Finished");
+    assert!(events[1].warning());
+}
+
+#[test]
+fn an_invalid_test_names_the_field_once() {
+    let mut lt = test();
+    let problem = validate(&lt.spec, &[], &["pairs".into()]).unwrap_err();
+    let (st, events) = status::invalid(&lt, &problem, &at("2026-11-22T10:00:00Z"));
+    snapshot("status-invalid", &st);
+    assert_eq!(events.len(), 1);
+    assert!(events[0]
+        .note()
+        .contains("spec.scenario.http.steps[1].throttle"));
+    // Seen again: no second Event.
+    lt.status = Some(st);
+    let (_, events) = status::invalid(&lt, &problem, &at("2026-11-22T10:00:05Z"));
+    assert!(events.is_empty());
+}
