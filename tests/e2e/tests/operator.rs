@@ -414,6 +414,63 @@ spec:
         .unwrap();
     assert_nothing_left(&admin, "paced").await?;
 
+    // The examples of manifests/examples/, as a user applies them (pointed at this
+    // namespace's targets): they run to the end and pass.
+    let messaging: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "messaging", "namespace": NS, "labels": {"app": "messaging"}},
+        "spec": {"automountServiceAccountToken": false, "containers": [{
+            "name": "messaging", "image": "murmuration/agent:dev",
+            "args": ["demo-server", "messaging", "--listen", "$(POD_IP):5555"],
+            "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+            "readinessProbe": {"tcpSocket": {"port": 5555}, "periodSeconds": 1}
+        }]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &messaging)
+        .await
+        .unwrap();
+    let svc: Service = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "messaging", "namespace": NS},
+        "spec": {"selector": {"app": "messaging"}, "ports": [{"port": 5555, "targetPort": 5555, "protocol": "TCP"}]}
+    }))
+    .unwrap();
+    Api::<Service>::namespaced(admin.clone(), NS)
+        .create(&PostParams::default(), &svc)
+        .await
+        .unwrap();
+    let examples = binaries::workspace_root().join("manifests/examples");
+    let http_example = std::fs::read_to_string(examples.join("http.yaml"))
+        .unwrap()
+        .replace("demo.default.svc", &format!("demo.{NS}.svc"));
+    let chat_example = std::fs::read_to_string(examples.join("messaging.yaml"))
+        .unwrap()
+        .replace("messaging.default.svc", &format!("messaging.{NS}.svc"));
+    manifests::apply_yaml(&admin, &http_example, NS).await?;
+    manifests::apply_yaml(&admin, &chat_example, NS).await?;
+    for name in ["checkout", "chat"] {
+        let st = poll_until(
+            format!("example {name} finished"),
+            scaled(Duration::from_secs(120)),
+            Duration::from_millis(500),
+            &[],
+            || async {
+                let st = status_of(&tests, name).await?;
+                matches!(st["phase"].as_str(), Some("Succeeded" | "Failed")).then_some(st)
+            },
+        )
+        .await
+        .inspect_err(|_| eprintln!("{}", kubelet.dump_logs()))?;
+        assert_eq!(st["result"], "Passed", "example {name}: {st}");
+        assert!(st["requests"]["total"].as_i64().unwrap() > 0, "{st}");
+        eprintln!(
+            "operator: example {name}: {} requests, p99 {} ms",
+            st["requests"]["total"], st["latencyMs"]["p99"]
+        );
+        kubectl(&cp, &["delete", "-n", NS, &format!("lt/{name}")]);
+        assert_nothing_left(&admin, name).await?;
+    }
+
     // An invalid LoadTest: condition Invalid and an Event naming the field, nothing created;
     // fixed, it runs.
     let bad = format!(
