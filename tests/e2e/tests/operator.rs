@@ -613,6 +613,81 @@ spec:
     // kubectl delete: nothing of the test is left.
     kubectl(&cp, &["delete", "-n", NS, "lt/bad"]);
     assert_nothing_left(&admin, "bad").await?;
+
+    // Twenty tests at once: the operator's memory.
+    for i in 0..20 {
+        manifests::apply_yaml(
+            &admin,
+            &format!(
+                "apiVersion: murmuration.dev/v1alpha1
+kind: LoadTest
+metadata: {{name: many-{i}, namespace: {NS}}}
+spec:
+  users: 5
+  agents: 1
+  scenario:
+    http:
+      baseUrl: http://demo.{NS}.svc:8080
+      steps:
+        - think: {{duration: 1s}}
+"
+            ),
+            NS,
+        )
+        .await?;
+    }
+    poll_until(
+        "20 tests running",
+        scaled(Duration::from_secs(120)),
+        Duration::from_millis(500),
+        &[],
+        || async {
+            let list = tests.list(&ListParams::default()).await.ok()?;
+            let running = list
+                .items
+                .iter()
+                .filter(|t| {
+                    t.status
+                        .as_ref()
+                        .is_some_and(|s| s.users.as_ref().is_some_and(|u| u.running == 5))
+                })
+                .count();
+            (running == 20).then_some(())
+        },
+    )
+    .await
+    .inspect_err(|_| eprintln!("{}", kubelet.dump_logs()))?;
+    // Two more refreshes of every test, then the operator's resident memory.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let operator_pod = system_pods
+        .list(&ListParams::default().labels("app.kubernetes.io/component=operator"))
+        .await
+        .unwrap()
+        .items
+        .remove(0);
+    let pids = kubelet.pod_pids(SYSTEM, &operator_pod.metadata.name.unwrap());
+    let rss_kib: u64 = pids
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+        .filter_map(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .sum();
+    eprintln!(
+        "operator: resident memory with 20 running LoadTests: {:.1} MiB",
+        rss_kib as f64 / 1024.0
+    );
+    assert!(rss_kib > 0, "no operator process found");
+    assert!(
+        rss_kib < 200 * 1024,
+        "the operator uses {rss_kib} KiB with 20 tests"
+    );
+    kubectl(&cp, &["delete", "-n", NS, "lt", "--all"]);
+    for i in 0..20 {
+        assert_nothing_left(&admin, &format!("many-{i}")).await?;
+    }
     Ok(())
 }
 
