@@ -8,7 +8,10 @@ fn main() -> std::io::Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let dirs = match std::env::args().nth(1) {
         Some(d) => vec![PathBuf::from(d)],
-        None => vec![root.join("manifests/crds"), root.join("charts/murmuration/crds")],
+        None => vec![
+            root.join("manifests/crds"),
+            root.join("charts/murmuration/crds"),
+        ],
     };
     for dir in dirs {
         std::fs::create_dir_all(&dir)?;
