@@ -1867,4 +1867,26 @@ spec: {loadTest: t, rate: 1000, interval: 1s}
         apply(&c.tick(t0 + Duration::from_millis(1100)), &mut runs);
         exactly_once(&runs, 100);
     }
+
+    #[test]
+    fn missing_agents_fail_the_test_with_a_reason() {
+        let t0 = Instant::now();
+        let mut c = core(t0);
+        c.hello(1, hello("a", &[]), t0).unwrap();
+        c.tick(t0 + Duration::from_secs(1));
+        assert_eq!(c.phase(), TestPhase::Starting);
+        // spec.start.waitForAgents defaults to 5 minutes.
+        c.tick(t0 + Duration::from_secs(301));
+        let st = c.status(t0 + Duration::from_secs(301));
+        assert_eq!(st.phase, TestPhase::Stopping);
+        assert_eq!(
+            st.message.as_deref(),
+            Some("only 1 of 2 agents connected within 5m")
+        );
+        c.tick(t0 + Duration::from_secs(309));
+        let st = c.status(t0 + Duration::from_secs(309));
+        assert_eq!(st.phase, TestPhase::Finished);
+        assert_eq!(st.result, Some(TestResult::Failed));
+        assert_eq!(st.users.started, 0, "no user started");
+    }
 }

@@ -195,6 +195,24 @@ async fn the_operator_runs_scales_and_cleans_up_load_tests() -> Result<()> {
     .await
     .inspect_err(|_| eprintln!("{}", kubelet.dump_logs()))?;
 
+    // It leads through the chart's Lease.
+    let operator_name = system_pods
+        .list(&ListParams::default().labels("app.kubernetes.io/component=operator"))
+        .await
+        .unwrap()
+        .items
+        .remove(0)
+        .metadata
+        .name
+        .unwrap();
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(admin.clone(), SYSTEM);
+    let lease = leases.get("murmuration-operator").await.unwrap();
+    assert_eq!(
+        lease.spec.and_then(|s| s.holder_identity).as_deref(),
+        Some(operator_name.as_str())
+    );
+
     // The target: murmur's demo server, as a pod behind a Service.
     let pods: Api<Pod> = Api::namespaced(admin.clone(), NS);
     let demo: Pod = serde_json::from_value(json!({
