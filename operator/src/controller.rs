@@ -26,7 +26,10 @@ use kube::runtime::{predicates, watcher, PredicateConfig, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
 use murmuration_crds::api::{MasterStatus, TestPhase};
 use murmuration_crds::loadtest::{CleanupWhen, LoadTestStatus, Phase, TestResult};
-use murmuration_crds::{Coordinator, CoordinatorStatus, LoadTest, Throttle, ThrottleStatus};
+use murmuration_crds::{
+    Coordinator, CoordinatorSpec, CoordinatorStatus, LoadTest, Throttle, ThrottleSpec,
+    ThrottleStatus,
+};
 use tracing::Instrument;
 
 use crate::build::{self, PodSettings};
@@ -34,7 +37,7 @@ use crate::master::MasterClient;
 use crate::metrics::Metrics;
 use crate::names::{self, MANAGER, MASTER_PORT, TOKEN_KEY};
 use crate::status::{self, Transition};
-use crate::validate::validate;
+use crate::validate::validate_test;
 
 /// How often a running test's status is refreshed.
 pub const REFRESH: Duration = Duration::from_secs(2);
@@ -178,10 +181,17 @@ async fn reconcile_inner(lt: &LoadTest, ctx: &Context) -> Result<Action, Error> 
         return finished(lt, ctx).await;
     }
     // Validate.
-    let names_of = |v: Vec<String>| v;
-    let throttle_names = names_of(throttles.iter().map(|t| t.name_any()).collect());
-    let coordinator_names = names_of(coordinators.iter().map(|c| c.name_any()).collect());
-    if let Err(problem) = validate(&lt.spec, &throttle_names, &coordinator_names) {
+    let named_throttles: Vec<(String, &ThrottleSpec)> =
+        throttles.iter().map(|t| (t.name_any(), &t.spec)).collect();
+    let named_coordinators: Vec<(String, &CoordinatorSpec)> = coordinators
+        .iter()
+        .map(|c| (c.name_any(), &c.spec))
+        .collect();
+    if let Err(problem) = validate_test(
+        &lt.spec,
+        named_throttles.iter().map(|(n, s)| (n.as_str(), *s)),
+        named_coordinators.iter().map(|(n, s)| (n.as_str(), *s)),
+    ) {
         let (status, events) = status::invalid(lt, &problem, &now());
         publish(ctx, lt, &events).await;
         write_status(ctx, lt, &status).await?;

@@ -4,10 +4,16 @@
 //!
 //! The engine checks the same things again when the master starts (and names the same
 //! fields); the operator checks first so that no pod is created for a test that cannot run.
+//! The rules mirror the engine's (`murmuration_agent::plan`, `thresholds`, `throttle`,
+//! `coordinator`) without depending on the load engine: a master that refused what the
+//! operator let through would leave the test Pending, so the two must agree (the tests
+//! below use the engine's own wording of each case).
 
-use murmuration_crds::loadtest::{InnerStep, Step};
+use std::time::Duration;
+
+use murmuration_crds::loadtest::{InnerStep, Request, Step};
 use murmuration_crds::units::{parse_duration, Rate};
-use murmuration_crds::LoadTestSpec;
+use murmuration_crds::{CoordinatorSpec, LoadTestSpec, ThrottleSpec};
 
 /// A field and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,6 +44,7 @@ pub const METRICS: &[&str] = &[
     "errors.ratio",
     "errors.count",
     "requests.count",
+    "requests.rate",
 ];
 
 fn duration(field: &str, value: &Option<String>) -> Result<(), Invalid> {
@@ -116,10 +123,12 @@ pub fn validate(
         duration("spec.scenario.messaging.interval", &m.interval)?;
         duration("spec.scenario.messaging.silence", &m.silence)?;
     }
+    let steps = spec.scenario.http.as_ref().map(|h| request_names(&h.steps));
     for (i, t) in spec.thresholds.iter().enumerate() {
+        let at = |f: &str| format!("spec.thresholds[{i}].{f}");
         if !METRICS.contains(&t.metric.as_str()) {
             return Err(invalid(
-                format!("spec.thresholds[{i}].metric"),
+                at("metric"),
                 format!(
                     "unknown metric {:?}; one of {}",
                     t.metric,
@@ -127,9 +136,144 @@ pub fn validate(
                 ),
             ));
         }
-        if t.max.is_none() && t.min.is_none() {
-            return Err(invalid(format!("spec.thresholds[{i}]"), "needs max or min"));
+        let min = bound(&t.metric, &at("min"), &t.min)?;
+        let max = bound(&t.metric, &at("max"), &t.max)?;
+        match (min, max) {
+            (None, None) => return Err(invalid(at("max"), "a threshold needs max or min")),
+            (Some(a), Some(b)) if a > b => return Err(invalid(at("min"), "is larger than max")),
+            _ => {}
         }
+        if let (Some(step), Some(known)) = (&t.step, &steps) {
+            if !known.contains(step) {
+                return Err(invalid(
+                    at("step"),
+                    format!(
+                        "the scenario has no step {step:?} (it has: {})",
+                        known.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A threshold's bound as a number (milliseconds for latencies), as the engine reads it.
+fn bound(metric: &str, field: &str, value: &Option<String>) -> Result<Option<f64>, Invalid> {
+    let Some(v) = value else { return Ok(None) };
+    if metric.starts_with("latency.") {
+        return parse_duration(v)
+            .map(|d: Duration| Some(d.as_secs_f64() * 1000.0))
+            .map_err(|e| {
+                invalid(
+                    field,
+                    format!("latency bounds are durations such as 500ms: {e}"),
+                )
+            });
+    }
+    let n: f64 = v
+        .trim()
+        .parse()
+        .map_err(|_| invalid(field, format!("{v:?} is not a number")))?;
+    if !n.is_finite() || n < 0.0 {
+        return Err(invalid(field, "must be a number of zero or more"));
+    }
+    if metric == "errors.ratio" && n > 1.0 {
+        return Err(invalid(field, "errors.ratio is between 0 and 1"));
+    }
+    Ok(Some(n))
+}
+
+/// The names of the requests of an http scenario, as the report and thresholds know them
+/// (`name`, else `METHOD path`).
+fn request_names(steps: &[Step]) -> Vec<String> {
+    fn name(r: &Request) -> String {
+        r.name.clone().unwrap_or_else(|| {
+            let method = r.method.map(|m| format!("{m:?}")).unwrap_or("GET".into());
+            format!(
+                "{method} {}",
+                r.path.as_deref().or(r.url.as_deref()).unwrap_or("")
+            )
+        })
+    }
+    let mut names = Vec::new();
+    for s in steps {
+        if let Some(r) = &s.request {
+            names.push(name(r));
+        }
+        if let Some(l) = &s.loop_ {
+            names.extend(l.steps.iter().filter_map(|i| i.request.as_ref()).map(name));
+        }
+    }
+    names
+}
+
+/// Checks a Throttle of the test (fields named as `Throttle NAME: spec.interval`).
+pub fn validate_throttle(name: &str, spec: &ThrottleSpec) -> Result<(), Invalid> {
+    let at = |f: &str| format!("Throttle {name}: spec.{f}");
+    if spec.rate < 0 {
+        return Err(invalid(at("rate"), "cannot be negative"));
+    }
+    if let Some(i) = &spec.interval {
+        let d = parse_duration(i).map_err(|e| invalid(at("interval"), e.to_string()))?;
+        if !d.is_zero() && d < Duration::from_millis(1) {
+            return Err(invalid(at("interval"), "must be 0s or at least 1ms"));
+        }
+    }
+    if let Some(r) = &spec.ramp {
+        let every =
+            parse_duration(&r.every).map_err(|e| invalid(at("ramp.every"), e.to_string()))?;
+        if every.is_zero() {
+            return Err(invalid(at("ramp.every"), "must be longer than zero"));
+        }
+        if r.step < 1 {
+            return Err(invalid(at("ramp.step"), "must be at least 1"));
+        }
+        if r.to < 0 {
+            return Err(invalid(at("ramp.to"), "cannot be negative"));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a Coordinator of the test (fields named as `Coordinator NAME: spec.timeout`).
+pub fn validate_coordinator(name: &str, spec: &CoordinatorSpec) -> Result<(), Invalid> {
+    let at = |f: &str| format!("Coordinator {name}: spec.{f}");
+    if let Some(t) = &spec.timeout {
+        let d = parse_duration(t).map_err(|e| invalid(at("timeout"), e.to_string()))?;
+        if d.is_zero() {
+            return Err(invalid(at("timeout"), "must be longer than zero"));
+        }
+    }
+    if spec.plan.is_empty() {
+        return Err(invalid(at("plan"), "needs at least one item"));
+    }
+    Ok(())
+}
+
+/// Checks a test with the Throttles and Coordinators that name it: the test first, then
+/// each of them (a bad Throttle would stop the master from starting the test).
+pub fn validate_test<'a>(
+    spec: &LoadTestSpec,
+    throttles: impl IntoIterator<Item = (&'a str, &'a ThrottleSpec)> + Clone,
+    coordinators: impl IntoIterator<Item = (&'a str, &'a CoordinatorSpec)> + Clone,
+) -> Result<(), Invalid> {
+    let tn: Vec<String> = throttles
+        .clone()
+        .into_iter()
+        .map(|(n, _)| n.to_owned())
+        .collect();
+    let cn: Vec<String> = coordinators
+        .clone()
+        .into_iter()
+        .map(|(n, _)| n.to_owned())
+        .collect();
+    validate(spec, &tn, &cn)?;
+    for (n, t) in throttles {
+        validate_throttle(n, t)?;
+    }
+    for (n, c) in coordinators {
+        validate_coordinator(n, c)?;
     }
     Ok(())
 }
@@ -237,5 +381,55 @@ scenario:
         )
         .unwrap_err();
         assert_eq!(e.field, "spec.thresholds[0].metric");
+    }
+
+    fn throttle(yaml: &str) -> ThrottleSpec {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn thresholds_are_read_as_the_engine_reads_them() {
+        let with = |t: &str| spec(&format!("{OK}thresholds:\n  - {t}\n"));
+        let ok = |t: &str| validate(&with(t), &["rate".into()], &[]);
+        let field = |t: &str| ok(t).unwrap_err().field;
+        assert_eq!(ok("{metric: requests.rate, min: \"100\"}"), Ok(()));
+        assert_eq!(ok("{metric: latency.p99, step: GET /, max: 20ms}"), Ok(()));
+        assert_eq!(
+            field("{metric: latency.p99, max: \"0.5\"}"),
+            "spec.thresholds[0].max"
+        );
+        assert_eq!(
+            field("{metric: errors.ratio, max: \"2\"}"),
+            "spec.thresholds[0].max"
+        );
+        assert_eq!(
+            field("{metric: errors.count, min: \"-1\"}"),
+            "spec.thresholds[0].min"
+        );
+        assert_eq!(
+            field("{metric: requests.count, min: \"10\", max: \"5\"}"),
+            "spec.thresholds[0].min"
+        );
+        assert_eq!(field("{metric: errors.count}"), "spec.thresholds[0].max");
+        let e = ok("{metric: latency.p99, step: buy, max: 1s}").unwrap_err();
+        assert_eq!(e.field, "spec.thresholds[0].step");
+        assert!(e.reason.ends_with("(it has: GET /)"), "{e}");
+    }
+
+    #[test]
+    fn throttles_and_coordinators_of_the_test_are_checked_too() {
+        let t = throttle("{loadTest: x, rate: 10, interval: 1 fortnight}");
+        let c: CoordinatorSpec = serde_yaml::from_str("{loadTest: x, plan: []}").unwrap();
+        let e = validate_test(&spec(OK), [("rate", &t)], []).unwrap_err();
+        assert_eq!(e.field, "Throttle rate: spec.interval");
+        let good = throttle("{loadTest: x, rate: 10, interval: 1s}");
+        let e = validate_test(&spec(OK), [("rate", &good)], [("pairs", &c)]).unwrap_err();
+        assert_eq!(e.field, "Coordinator pairs: spec.plan");
+        let ramp = throttle("{loadTest: x, rate: 10, ramp: {to: 5, step: 0, every: 1s}}");
+        assert_eq!(
+            validate_throttle("r", &ramp).unwrap_err().field,
+            "Throttle r: spec.ramp.step"
+        );
+        assert_eq!(validate_test(&spec(OK), [("rate", &good)], []), Ok(()));
     }
 }
