@@ -4,43 +4,53 @@
 //! [`crate::status`]) → write it, with Events on transitions → at the end, keep the report
 //! and clean up.
 //!
-//! Throttles and Coordinators belong to a test (`spec.loadTest`): a change to one
+//! Throttles and Coordinators belong to a test (`spec.loadTest`): a change to one's spec
 //! reconciles its test, which pushes it to the master and writes its live figures into
-//! its status. Status is written with merge patches (Kubernetes 1.20 has no server-side
-//! apply of status for custom resources worth relying on), at most every 2 s while running.
+//! its status. They are read from watch caches, not listed per reconcile, and only spec
+//! changes (generation) and deletions trigger: the operator's own status writes must not,
+//! or every figure it writes would trigger the next write.
+//!
+//! Status is written with merge patches (Kubernetes 1.20 has no server-side apply of
+//! status for custom resources worth relying on): at once on a transition (phase,
+//! conditions, observed generation, result), figures alone at most every 2 s. While users
+//! or agents are on their way the master is asked every 250 ms, so that `kubectl scale`
+//! shows the new count running as soon as it is, without writing more often.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
 use std::io::Write;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
-use kube::runtime::reflector::{self, ObjectRef};
-use kube::runtime::{predicates, watcher, PredicateConfig, WatchStreamExt};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
 use murmuration_crds::api::{MasterStatus, TestPhase};
-use murmuration_crds::loadtest::{CleanupWhen, LoadTestStatus, Phase, TestResult};
-use murmuration_crds::{
-    Coordinator, CoordinatorSpec, CoordinatorStatus, LoadTest, Throttle, ThrottleSpec,
-    ThrottleStatus,
-};
+use murmuration_crds::loadtest::{LoadTestStatus, Phase};
+use murmuration_crds::{Coordinator, CoordinatorStatus, LoadTest, Throttle, ThrottleStatus};
 use tracing::Instrument;
 
 use crate::build::{self, PodSettings};
 use crate::master::MasterClient;
 use crate::metrics::Metrics;
 use crate::names::{self, MANAGER, MASTER_PORT, TOKEN_KEY};
-use crate::status::{self, Transition};
+use crate::status::{self, StatusWrite, Transition};
 use crate::validate::validate_test;
 
-/// How often a running test's status is refreshed.
+/// How often a running test's status is refreshed (its figures are written at most this
+/// often).
 pub const REFRESH: Duration = Duration::from_secs(2);
+/// How often the master is asked while users or agents are on their way.
+pub const FOLLOW: Duration = Duration::from_millis(250);
+/// How long a finished test's report may fail to be fetched before its pods go without it.
+const REPORT_PATIENCE: Duration = Duration::from_secs(60);
 /// A stored report must fit in a ConfigMap (1 MiB) with room to spare.
 const MAX_REPORT_BYTES: usize = 900 * 1024;
 
@@ -54,6 +64,90 @@ pub struct Context {
     pub recorder: Recorder,
     /// The operator's Prometheus metrics.
     pub metrics: Metrics,
+    /// Every LoadTest, as watched (tests by phase for the metrics).
+    pub tests: Store<LoadTest>,
+    /// Every Throttle, as watched: a reconcile takes its test's from here.
+    pub throttles: Store<Throttle>,
+    /// Every Coordinator, as watched.
+    pub coordinators: Store<Coordinator>,
+    /// What the operator remembers of each test between reconciles, by uid.
+    memo: Mutex<HashMap<String, Memo>>,
+}
+
+/// What the operator remembers of a test (lost on restart, which only costs a write).
+#[derive(Default)]
+struct Memo {
+    /// The last status written, and when: the watch cache may not have it yet when the
+    /// next reconcile runs (and Events are computed against it).
+    written: Option<(LoadTestStatus, Instant)>,
+    /// Since when the finished test's report could not be fetched.
+    report_failing_since: Option<Instant>,
+}
+
+/// The writers of [`Context`]'s caches, fed by [`run`]'s watches.
+pub struct Caches {
+    tests: reflector::store::Writer<LoadTest>,
+    throttles: reflector::store::Writer<Throttle>,
+    coordinators: reflector::store::Writer<Coordinator>,
+}
+
+impl Context {
+    /// A context, and the writers of its caches (for [`run`]).
+    pub fn new(
+        client: Client,
+        pods: PodSettings,
+        recorder: Recorder,
+        metrics: Metrics,
+    ) -> (Context, Caches) {
+        let (tests, tests_w) = reflector::store();
+        let (throttles, throttles_w) = reflector::store();
+        let (coordinators, coordinators_w) = reflector::store();
+        (
+            Context {
+                client,
+                pods,
+                recorder,
+                metrics,
+                tests,
+                throttles,
+                coordinators,
+                memo: Mutex::default(),
+            },
+            Caches {
+                tests: tests_w,
+                throttles: throttles_w,
+                coordinators: coordinators_w,
+            },
+        )
+    }
+
+    fn memo<T>(&self, uid: &str, f: impl FnOnce(&mut Memo) -> T) -> T {
+        let mut m = self.memo.lock().unwrap_or_else(|e| e.into_inner());
+        f(m.entry(uid.to_owned()).or_default())
+    }
+
+    /// Tests by phase, from the cache; forgets what it remembered of deleted tests.
+    pub fn count_phases(&self) -> BTreeMap<String, i64> {
+        let tests = self.tests.state();
+        let mut m = BTreeMap::new();
+        for lt in &tests {
+            let phase = lt
+                .status
+                .as_ref()
+                .and_then(|s| s.phase)
+                .unwrap_or(Phase::Pending);
+            *m.entry(format!("{phase:?}")).or_insert(0) += 1;
+        }
+        let live: std::collections::HashSet<String> = tests
+            .iter()
+            .filter_map(|t| t.metadata.uid.clone())
+            .collect();
+        self.memo
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|uid, _| live.contains(uid));
+        m
+    }
 }
 
 /// Why a reconcile failed (it is retried with a backoff).
@@ -71,6 +165,10 @@ pub enum Error {
     /// The test's token Secret has no token.
     #[error("Secret {0} has no token")]
     NoToken(String),
+    /// The finished test's report could not be fetched from its master (retried for a
+    /// while before the pods go).
+    #[error("fetching the report: {0}")]
+    Report(#[source] crate::master::MasterError),
 }
 
 fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
@@ -82,44 +180,83 @@ fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::now())
 }
 
+/// Only what deserves a reconcile of the test: a new or changed spec (generation), or a
+/// deletion. Status changes (the operator's own writes of live figures) pass through the
+/// cache but trigger nothing.
+fn spec_changes<K>(
+    events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource + Clone + Send + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone + Send,
+{
+    let mut seen: HashMap<ObjectRef<K>, Option<i64>> = HashMap::new();
+    events.flat_map(move |event| {
+        let out: Vec<Result<K, watcher::Error>> = match event {
+            Err(e) => vec![Err(e)],
+            Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
+                let generation = o.meta().generation;
+                let key = ObjectRef::from_obj(&o);
+                if seen.insert(key, generation) == Some(generation) {
+                    vec![]
+                } else {
+                    vec![Ok(o)]
+                }
+            }
+            Ok(watcher::Event::Delete(o)) => {
+                seen.remove(&ObjectRef::from_obj(&o));
+                vec![Ok(o)]
+            }
+            Ok(watcher::Event::Init | watcher::Event::InitDone) => vec![],
+        };
+        futures::stream::iter(out)
+    })
+}
+
+/// The test a Throttle or Coordinator belongs to.
+fn test_of(namespace: Option<String>, load_test: Option<&String>) -> Option<ObjectRef<LoadTest>> {
+    Some(ObjectRef::new(load_test?).within(&namespace?))
+}
+
 /// Runs the controller until `shutdown` completes.
 pub async fn run(
     ctx: Arc<Context>,
+    caches: Caches,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
-    let tests: Api<LoadTest> = Api::all(client.clone());
-    let (reader, writer) = reflector::store();
-    // Only spec changes (generation) trigger from the LoadTests themselves: the operator's
-    // own status writes must not.
-    let trigger = watcher(tests, watcher::Config::default())
-        .default_backoff()
-        .reflect(writer)
-        .applied_objects()
-        .predicate_filter(predicates::generation, PredicateConfig::default());
+    let tests = watcher(
+        Api::<LoadTest>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(caches.tests);
+    let throttles = watcher(
+        Api::<Throttle>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(caches.throttles);
+    let coordinators = watcher(
+        Api::<Coordinator>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(caches.coordinators);
     let owned =
         watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
-    Controller::for_stream(trigger, reader)
+    let controller = Controller::for_stream(spec_changes(tests), ctx.tests.clone())
         .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
         .owns(Api::<Pod>::all(client.clone()), owned)
-        .watches(
-            Api::<Throttle>::all(client.clone()),
-            watcher::Config::default(),
-            |t| {
-                let ns = t.namespace()?;
-                Some(ObjectRef::new(t.spec.load_test.as_ref()?).within(&ns))
-            },
-        )
-        .watches(
-            Api::<Coordinator>::all(client.clone()),
-            watcher::Config::default(),
-            |c| {
-                let ns = c.namespace()?;
-                Some(ObjectRef::new(c.spec.load_test.as_ref()?).within(&ns))
-            },
-        )
+        .watches_stream(spec_changes(throttles), |t| {
+            test_of(t.namespace(), t.spec.load_test.as_ref())
+        })
+        .watches_stream(spec_changes(coordinators), |c| {
+            test_of(c.namespace(), c.spec.load_test.as_ref())
+        })
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, error_policy, ctx.clone());
+    controller
         .for_each(|r| async move {
             if let Err(e) = r {
                 tracing::debug!("reconcile: {e}");
@@ -155,23 +292,15 @@ async fn reconcile_inner(lt: &LoadTest, ctx: &Context) -> Result<Action, Error> 
     }
     let ns = lt.namespace().unwrap_or_default();
     let name = lt.name_any();
-    // Read.
-    let throttles: Vec<Throttle> = Api::<Throttle>::namespaced(ctx.client.clone(), &ns)
-        .list(&ListParams::default())
-        .await
-        .map_err(kube_err("list Throttles"))?
-        .items
-        .into_iter()
-        .filter(|t| t.spec.load_test.as_deref() == Some(name.as_str()))
-        .collect();
-    let coordinators: Vec<Coordinator> = Api::<Coordinator>::namespaced(ctx.client.clone(), &ns)
-        .list(&ListParams::default())
-        .await
-        .map_err(kube_err("list Coordinators"))?
-        .items
-        .into_iter()
-        .filter(|c| c.spec.load_test.as_deref() == Some(name.as_str()))
-        .collect();
+    let uid = lt.metadata.uid.clone().unwrap_or_default();
+    // Read: the test as last written by this operator (the watch cache may lag behind),
+    // and its Throttles and Coordinators.
+    let mut lt = lt.clone();
+    if let Some((written, _)) = ctx.memo(&uid, |m| m.written.clone()) {
+        lt.status = Some(written);
+    }
+    let lt = &lt;
+    let (throttles, coordinators) = parts_of(ctx, &ns, &name).await?;
     let phase = lt
         .status
         .as_ref()
@@ -181,16 +310,14 @@ async fn reconcile_inner(lt: &LoadTest, ctx: &Context) -> Result<Action, Error> 
         return finished(lt, ctx).await;
     }
     // Validate.
-    let named_throttles: Vec<(String, &ThrottleSpec)> =
-        throttles.iter().map(|t| (t.name_any(), &t.spec)).collect();
-    let named_coordinators: Vec<(String, &CoordinatorSpec)> = coordinators
-        .iter()
-        .map(|c| (c.name_any(), &c.spec))
-        .collect();
     if let Err(problem) = validate_test(
         &lt.spec,
-        named_throttles.iter().map(|(n, s)| (n.as_str(), *s)),
-        named_coordinators.iter().map(|(n, s)| (n.as_str(), *s)),
+        throttles
+            .iter()
+            .map(|t| (t.metadata.name.as_deref().unwrap_or_default(), &t.spec)),
+        coordinators
+            .iter()
+            .map(|c| (c.metadata.name.as_deref().unwrap_or_default(), &c.spec)),
     ) {
         let (status, events) = status::invalid(lt, &problem, &now());
         publish(ctx, lt, &events).await;
@@ -200,7 +327,7 @@ async fn reconcile_inner(lt: &LoadTest, ctx: &Context) -> Result<Action, Error> 
     // Build and apply.
     let token = ensure_token(lt, ctx).await?;
     let manifests = build::test_manifests(lt, &throttles, &coordinators);
-    ensure_master(lt, ctx, &manifests).await?;
+    let master_pod = ensure_master(lt, ctx, &manifests).await?;
     apply(ctx, &ns, &build::master_service(lt)).await?;
     apply(ctx, &ns, &build::agents(lt, &ctx.pods)).await?;
     // Push the live settings, and read the master's state.
@@ -212,9 +339,17 @@ async fn reconcile_inner(lt: &LoadTest, ctx: &Context) -> Result<Action, Error> 
         Ok(s) => s,
         Err(e) => {
             tracing::debug!("master not there yet: {e}");
-            let status = status::without_master(lt, &e.to_string(), &now());
+            let now = now();
+            if let Some(why) = status::master_overdue(lt, master_pod.as_ref(), &now) {
+                tracing::warn!("{why}");
+                let (status, events) = status::failed_to_start(lt, &why, &now);
+                publish(ctx, lt, &events).await;
+                write_status(ctx, lt, &status).await?;
+                return Ok(Action::requeue(Duration::from_millis(100)));
+            }
+            let status = status::without_master(lt, &e.to_string(), &now);
             write_status(ctx, lt, &status).await?;
-            return Ok(Action::requeue(REFRESH));
+            return Ok(Action::requeue(Duration::from_secs(1)));
         }
     };
     let state = if state.phase == TestPhase::Finished {
@@ -223,17 +358,93 @@ async fn reconcile_inner(lt: &LoadTest, ctx: &Context) -> Result<Action, Error> 
         push(lt, &master, state, &throttles, &coordinators).await
     };
     // Status.
-    let (status, events) = status::from_master(lt, &state, &now());
+    let (mut status, events) = status::from_master(lt, &state, &now());
     write_figures(ctx, &ns, &state, &throttles, &coordinators).await;
-    if matches!(status.phase, Some(Phase::Succeeded | Phase::Failed)) {
-        store_report(lt, ctx, &master).await?;
+    let finished = matches!(status.phase, Some(Phase::Succeeded | Phase::Failed));
+    if finished && !store_report(lt, ctx, &master).await? {
+        status.report = None;
     }
     publish(ctx, lt, &events).await;
-    write_status(ctx, lt, &status).await?;
-    if matches!(status.phase, Some(Phase::Succeeded | Phase::Failed)) {
+    let write = status::write_kind(lt.status.as_ref(), &status);
+    let last = ctx.memo(&uid, |m| m.written.as_ref().map(|(_, at)| *at));
+    let due = match write {
+        StatusWrite::Nothing => false,
+        StatusWrite::Now => true,
+        // Figures alone: at most every REFRESH (a little slack for timer jitter).
+        StatusWrite::Paced => last.is_none_or(|at| at.elapsed() + FOLLOW / 2 >= REFRESH),
+    };
+    if due {
+        write_status(ctx, lt, &status).await?;
+    }
+    if finished {
         return Ok(Action::requeue(Duration::from_millis(100)));
     }
-    Ok(Action::requeue(REFRESH))
+    Ok(Action::requeue(if status::is_progressing(&status) {
+        FOLLOW
+    } else {
+        REFRESH
+    }))
+}
+
+/// The Throttles and Coordinators of a test, from the caches. A name a step uses but the
+/// cache does not have yet (applied with the test a moment ago, or the operator just
+/// started) is looked up in the API before the test is called invalid for it.
+async fn parts_of(
+    ctx: &Context,
+    ns: &str,
+    test: &str,
+) -> Result<(Vec<Throttle>, Vec<Coordinator>), Error> {
+    let mine = |n: Option<&String>, m: Option<&String>| {
+        n.map(String::as_str) == Some(ns) && m.map(String::as_str) == Some(test)
+    };
+    let mut throttles: Vec<Throttle> = ctx
+        .throttles
+        .state()
+        .iter()
+        .filter(|t| mine(t.metadata.namespace.as_ref(), t.spec.load_test.as_ref()))
+        .map(|t| (**t).clone())
+        .collect();
+    let mut coordinators: Vec<Coordinator> = ctx
+        .coordinators
+        .state()
+        .iter()
+        .filter(|c| mine(c.metadata.namespace.as_ref(), c.spec.load_test.as_ref()))
+        .map(|c| (**c).clone())
+        .collect();
+    let lt = ctx
+        .tests
+        .get(&ObjectRef::new(test).within(ns))
+        .map(|t| t.spec.clone());
+    if let Some(spec) = lt {
+        let (want_t, want_c) = crate::validate::names_used(&spec);
+        for n in want_t {
+            if !throttles
+                .iter()
+                .any(|t| t.metadata.name.as_deref() == Some(&n))
+            {
+                let got = Api::<Throttle>::namespaced(ctx.client.clone(), ns)
+                    .get_opt(&n)
+                    .await
+                    .map_err(kube_err(format!("read Throttle {n}")))?;
+                throttles.extend(got.filter(|t| t.spec.load_test.as_deref() == Some(test)));
+            }
+        }
+        for n in want_c {
+            if !coordinators
+                .iter()
+                .any(|c| c.metadata.name.as_deref() == Some(&n))
+            {
+                let got = Api::<Coordinator>::namespaced(ctx.client.clone(), ns)
+                    .get_opt(&n)
+                    .await
+                    .map_err(kube_err(format!("read Coordinator {n}")))?;
+                coordinators.extend(got.filter(|c| c.spec.load_test.as_deref() == Some(test)));
+            }
+        }
+    }
+    throttles.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    coordinators.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    Ok((throttles, coordinators))
 }
 
 /// The token of the test: created once, kept for the life of the test.
@@ -284,18 +495,21 @@ async fn ensure_token(lt: &LoadTest, ctx: &Context) -> Result<String, Error> {
 }
 
 /// The master pod is created once: pods are immutable, and the live settings go to the
-/// master through its API.
-async fn ensure_master(lt: &LoadTest, ctx: &Context, manifests: &str) -> Result<(), Error> {
+/// master through its API. Returns it (when it could be read back).
+async fn ensure_master(
+    lt: &LoadTest,
+    ctx: &Context,
+    manifests: &str,
+) -> Result<Option<Pod>, Error> {
     let ns = lt.namespace().unwrap_or_default();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let name = names::master(&lt.name_any());
-    if pods
+    if let Some(p) = pods
         .get_opt(&name)
         .await
         .map_err(kube_err("read the master pod"))?
-        .is_some()
     {
-        return Ok(());
+        return Ok(Some(p));
     }
     match pods
         .create(
@@ -304,11 +518,11 @@ async fn ensure_master(lt: &LoadTest, ctx: &Context, manifests: &str) -> Result<
         )
         .await
     {
-        Ok(_) => {
+        Ok(p) => {
             tracing::info!("master pod created");
-            Ok(())
+            Ok(Some(p))
         }
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
         Err(e) => Err(kube_err("create the master pod")(e)),
     }
 }
@@ -472,6 +686,8 @@ async fn write_status(ctx: &Context, lt: &LoadTest, status: &LoadTestStatus) -> 
     )
     .await
     .map_err(kube_err("write the LoadTest status"))?;
+    let uid = lt.metadata.uid.clone().unwrap_or_default();
+    ctx.memo(&uid, |m| m.written = Some((status.clone(), Instant::now())));
     Ok(())
 }
 
@@ -494,9 +710,12 @@ async fn publish(ctx: &Context, lt: &LoadTest, events: &[Transition]) {
     }
 }
 
-/// Keeps the report in a ConfigMap owned by the test, before any pod goes away.
-async fn store_report(lt: &LoadTest, ctx: &Context, master: &MasterClient) -> Result<(), Error> {
+/// Keeps the report in a ConfigMap owned by the test, before any pod goes away. Whether
+/// it is kept: a master that cannot give it is asked again (the reconcile fails and is
+/// retried) for [`REPORT_PATIENCE`], then the test ends without it.
+async fn store_report(lt: &LoadTest, ctx: &Context, master: &MasterClient) -> Result<bool, Error> {
     let ns = lt.namespace().unwrap_or_default();
+    let uid = lt.metadata.uid.clone().unwrap_or_default();
     let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
     let name = names::report(&lt.name_any());
     if cms
@@ -505,15 +724,21 @@ async fn store_report(lt: &LoadTest, ctx: &Context, master: &MasterClient) -> Re
         .map_err(kube_err("read the report ConfigMap"))?
         .is_some()
     {
-        return Ok(());
+        return Ok(true);
     }
     let mut points = 3600;
     let gz = loop {
         let json = match master.report(points).await {
             Ok(j) => j,
             Err(e) => {
-                tracing::warn!("could not fetch the report: {e}");
-                return Ok(());
+                let since = ctx.memo(&uid, |m| {
+                    *m.report_failing_since.get_or_insert_with(Instant::now)
+                });
+                if since.elapsed() < REPORT_PATIENCE {
+                    return Err(Error::Report(e));
+                }
+                tracing::warn!("the report could not be fetched for {REPORT_PATIENCE:?}: {e}");
+                return Ok(false);
             }
         };
         let gz = gzip(&json);
@@ -522,13 +747,13 @@ async fn store_report(lt: &LoadTest, ctx: &Context, master: &MasterClient) -> Re
         }
         points /= 2;
     };
-    tracing::info!(bytes = gz.len(), "report stored");
+    tracing::info!(bytes = gz.len(), points, "report stored");
     match cms
         .create(&PostParams::default(), &build::report_configmap(lt, gz))
         .await
     {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(true),
         Err(e) => Err(kube_err("store the report")(e)),
     }
 }
@@ -543,14 +768,8 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 async fn finished(lt: &LoadTest, ctx: &Context) -> Result<Action, Error> {
     let ns = lt.namespace().unwrap_or_default();
     let name = lt.name_any();
-    let status = lt.status.clone().unwrap_or_default();
-    let cleanup = lt.spec.cleanup.clone().unwrap_or_default();
-    let remove_pods = match cleanup.policy.unwrap_or(CleanupWhen::OnSuccess) {
-        CleanupWhen::Always => true,
-        CleanupWhen::OnSuccess => status.result == Some(TestResult::Passed),
-        CleanupWhen::Never => false,
-    };
-    if remove_pods {
+    let plan = status::after_the_end(lt, &now());
+    if plan.remove_pods {
         let dp = DeleteParams::background();
         let gone = |r: Result<_, kube::Error>, what: &str| match r {
             Ok(_) => Ok(()),
@@ -579,35 +798,16 @@ async fn finished(lt: &LoadTest, ctx: &Context) -> Result<Action, Error> {
             "master Service",
         )?;
     }
-    if let (Some(ttl), Some(done)) = (cleanup.ttl_seconds_after_finished, status.completion_time) {
-        let expires = done.0 + k8s_openapi::jiff::SignedDuration::from_secs(ttl.max(0));
-        let left = expires.duration_since(k8s_openapi::jiff::Timestamp::now());
-        if left.is_negative() || left.is_zero() {
-            tracing::info!(ttl, "time to live over: deleting the test");
+    match plan.delete_test_in {
+        Some(left) if left.is_zero() => {
+            tracing::info!("time to live over: deleting the test");
             Api::<LoadTest>::namespaced(ctx.client.clone(), &ns)
                 .delete(&name, &DeleteParams::background())
                 .await
                 .map_err(kube_err("delete the finished LoadTest"))?;
-            return Ok(Action::await_change());
+            Ok(Action::await_change())
         }
-        return Ok(Action::requeue(Duration::from_secs(
-            left.as_secs().max(1) as u64
-        )));
+        Some(left) => Ok(Action::requeue(left.max(Duration::from_secs(1)))),
+        None => Ok(Action::await_change()),
     }
-    Ok(Action::await_change())
-}
-
-/// Counts the tests by phase (for the metrics), from the API.
-pub async fn count_phases(client: &Client) -> BTreeMap<String, i64> {
-    let mut m = BTreeMap::new();
-    if let Ok(list) = Api::<LoadTest>::all(client.clone())
-        .list(&ListParams::default())
-        .await
-    {
-        for lt in list.items {
-            let phase = lt.status.and_then(|s| s.phase).unwrap_or(Phase::Pending);
-            *m.entry(format!("{phase:?}")).or_insert(0) += 1;
-        }
-    }
-    m
 }

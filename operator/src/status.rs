@@ -402,3 +402,213 @@ fn round_latency(
         max: r(l.max),
     }
 }
+
+/// Whether a new status must be written, and how soon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusWrite {
+    /// It is the same.
+    Nothing,
+    /// A transition (phase, result, a condition, the observed generation, the desired
+    /// counts, an agent's readiness, the message): written at once.
+    Now,
+    /// Live figures only (rates, latencies, counters): written at most every 2 s.
+    Paced,
+}
+
+/// What a change from `prev` to `next` calls for.
+pub fn write_kind(prev: Option<&LoadTestStatus>, next: &LoadTestStatus) -> StatusWrite {
+    let Some(prev) = prev else {
+        return StatusWrite::Now;
+    };
+    if prev == next {
+        return StatusWrite::Nothing;
+    }
+    let conditions = |s: &LoadTestStatus| -> Vec<(String, String, String)> {
+        s.conditions
+            .iter()
+            .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
+            .collect()
+    };
+    let agents = |s: &LoadTestStatus| -> Vec<(String, bool)> {
+        s.agent_status
+            .iter()
+            .map(|a| (a.name.clone(), a.ready))
+            .collect()
+    };
+    let desired = |s: &LoadTestStatus| {
+        (
+            s.users.as_ref().map(|u| u.desired),
+            s.agents.as_ref().map(|a| (a.desired, a.ready)),
+        )
+    };
+    let transition = prev.phase != next.phase
+        || prev.observed_generation != next.observed_generation
+        || prev.result != next.result
+        || prev.message != next.message
+        || prev.report != next.report
+        || prev.thresholds.len() != next.thresholds.len()
+        || conditions(prev) != conditions(next)
+        || agents(prev) != agents(next)
+        || desired(prev) != desired(next);
+    if transition {
+        StatusWrite::Now
+    } else {
+        StatusWrite::Paced
+    }
+}
+
+/// Whether users or agents are on their way (the operator then follows the master closely).
+pub fn is_progressing(status: &LoadTestStatus) -> bool {
+    status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Progressing" && c.status == "True")
+}
+
+/// How long the master pod may take to answer at all, on top of the start barrier
+/// (`spec.start.waitForAgents`, default 5m as in the engine): pulling an image takes time.
+pub const MASTER_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Why a test that has not started yet must be given up: its master has not answered
+/// within the start barrier and [`MASTER_GRACE`] since its pod was created (a wrong image,
+/// a pod that cannot be scheduled, a crashing master). `None` while there is time left, or
+/// once the test has started (a master lost later is `Degraded`, not a failed start).
+pub fn master_overdue(
+    lt: &LoadTest,
+    master_pod: Option<&k8s_openapi::api::core::v1::Pod>,
+    now: &Time,
+) -> Option<String> {
+    let phase = lt
+        .status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .unwrap_or(Phase::Pending);
+    if phase >= Phase::Running {
+        return None;
+    }
+    let pod = master_pod?;
+    let created = pod.metadata.creation_timestamp.as_ref()?;
+    let wait = lt
+        .spec
+        .start
+        .as_ref()
+        .and_then(|s| s.wait_for_agents.as_deref())
+        .and_then(|w| murmuration_crds::units::parse_duration(w).ok())
+        .unwrap_or(std::time::Duration::from_secs(300));
+    let limit = wait + MASTER_GRACE;
+    let waited = now.0.duration_since(created.0);
+    if waited.is_negative() || waited.unsigned_abs() < limit {
+        return None;
+    }
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let state = pod
+        .status
+        .as_ref()
+        .map(|s| {
+            let waiting = s
+                .container_statuses
+                .iter()
+                .flatten()
+                .filter_map(|c| c.state.as_ref()?.waiting.as_ref())
+                .map(|w| match &w.message {
+                    Some(m) => format!("{}: {m}", w.reason.clone().unwrap_or_default()),
+                    None => w.reason.clone().unwrap_or_default(),
+                })
+                .next();
+            let phase = s.phase.clone().unwrap_or_else(|| "Pending".into());
+            match waiting {
+                Some(w) => format!("{phase} ({w})"),
+                None => phase,
+            }
+        })
+        .unwrap_or_else(|| "Pending".into());
+    Some(format!(
+        "the master did not answer within {} (start.waitForAgents + {}): pod {name} is {state}",
+        humantime::format_duration(limit),
+        humantime::format_duration(MASTER_GRACE),
+    ))
+}
+
+/// The status of a test whose master never answered: Failed, with the reason.
+pub fn failed_to_start(lt: &LoadTest, why: &str, now: &Time) -> (LoadTestStatus, Vec<Transition>) {
+    let prev = lt.status.clone().unwrap_or_default();
+    let generation = lt.metadata.generation.unwrap_or(0);
+    let mut status = prev.clone();
+    status.phase = Some(Phase::Failed);
+    status.result = Some(TestResult::Failed);
+    status.observed_generation = Some(generation);
+    status.message = Some(why.to_owned());
+    status.completion_time = Some(now.clone());
+    status.conditions = vec![
+        condition(
+            &prev.conditions,
+            "Invalid",
+            false,
+            "SpecValid",
+            "the spec is valid".into(),
+            generation,
+            now,
+        ),
+        condition(
+            &prev.conditions,
+            "Ready",
+            false,
+            "MasterDidNotStart",
+            why.to_owned(),
+            generation,
+            now,
+        ),
+        condition(
+            &prev.conditions,
+            "Progressing",
+            false,
+            "MasterDidNotStart",
+            why.to_owned(),
+            generation,
+            now,
+        ),
+    ];
+    let events = vec![Transition::Finished {
+        result: TestResult::Failed,
+        message: why.to_owned(),
+    }];
+    (status, events)
+}
+
+/// What happens after the end of a test.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AfterTheEnd {
+    /// The master and agent pods (and the master's Service) go.
+    pub remove_pods: bool,
+    /// The LoadTest itself goes in this long (zero: now); `None`: it stays.
+    pub delete_test_in: Option<std::time::Duration>,
+}
+
+/// Pods go per `spec.cleanup.policy` (default `OnSuccess`: a failed test keeps its pods to
+/// look at), the LoadTest `ttlSecondsAfterFinished` after its completion time.
+pub fn after_the_end(lt: &LoadTest, now: &Time) -> AfterTheEnd {
+    use murmuration_crds::loadtest::CleanupWhen;
+    let status = lt.status.clone().unwrap_or_default();
+    let cleanup = lt.spec.cleanup.clone().unwrap_or_default();
+    let remove_pods = match cleanup.policy.unwrap_or(CleanupWhen::OnSuccess) {
+        CleanupWhen::Always => true,
+        CleanupWhen::OnSuccess => status.result == Some(TestResult::Passed),
+        CleanupWhen::Never => false,
+    };
+    let delete_test_in = match (cleanup.ttl_seconds_after_finished, status.completion_time) {
+        (Some(ttl), Some(done)) => {
+            let expires = done.0 + k8s_openapi::jiff::SignedDuration::from_secs(ttl.max(0));
+            let left = expires.duration_since(now.0);
+            Some(if left.is_negative() {
+                std::time::Duration::ZERO
+            } else {
+                left.unsigned_abs()
+            })
+        }
+        _ => None,
+    };
+    AfterTheEnd {
+        remove_pods,
+        delete_test_in,
+    }
+}

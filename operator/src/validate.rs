@@ -208,6 +208,28 @@ fn request_names(steps: &[Step]) -> Vec<String> {
     names
 }
 
+/// The Throttles and Coordinators the steps of a test name.
+pub fn names_used(spec: &LoadTestSpec) -> (Vec<String>, Vec<String>) {
+    let (mut throttles, mut coordinators) = (Vec::new(), Vec::new());
+    if let Some(http) = &spec.scenario.http {
+        let mut note = |s: StepRef<'_>| {
+            throttles.extend(s.throttle.cloned());
+            coordinators.extend(s.coordinate.cloned());
+        };
+        for s in &http.steps {
+            note(StepRef::from(s));
+            for inner in s.loop_.iter().flat_map(|l| &l.steps) {
+                note(StepRef::from(inner));
+            }
+        }
+    }
+    throttles.sort();
+    throttles.dedup();
+    coordinators.sort();
+    coordinators.dedup();
+    (throttles, coordinators)
+}
+
 /// Checks a Throttle of the test (fields named as `Throttle NAME: spec.interval`).
 pub fn validate_throttle(name: &str, spec: &ThrottleSpec) -> Result<(), Invalid> {
     let at = |f: &str| format!("Throttle {name}: spec.{f}");

@@ -12,7 +12,7 @@ use murmuration_crds::api::MasterStatus;
 use murmuration_crds::{Coordinator, LoadTest, Throttle};
 use murmuration_operator::build::{self, PodSettings};
 use murmuration_operator::status::{self, Transition};
-use murmuration_operator::validate::validate;
+use murmuration_operator::validate::{validate, validate_test};
 
 fn snapshot(name: &str, value: &impl serde::Serialize) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -115,7 +115,12 @@ fn at(s: &str) -> Time {
 #[test]
 fn the_objects_of_a_test() {
     let lt = test();
-    validate(&lt.spec, &["checkout-rate".into()], &["pairs".into()]).unwrap();
+    validate_test(
+        &lt.spec,
+        [("checkout-rate", &throttle().spec)],
+        [("pairs", &coordinator().spec)],
+    )
+    .unwrap();
     let manifests = build::test_manifests(&lt, &[throttle()], &[coordinator()]);
     snapshot(
         "secret",
@@ -207,4 +212,113 @@ fn an_invalid_test_names_the_field_once() {
     lt.status = Some(st);
     let (_, events) = status::invalid(&lt, &problem, &at("2026-11-22T10:00:05Z"));
     assert!(events.is_empty());
+}
+
+#[test]
+fn status_writes_transitions_at_once_and_figures_paced() {
+    use murmuration_operator::status::{write_kind, StatusWrite};
+    let mut lt = test();
+    let now = at("2026-11-22T10:00:00Z");
+    let (running, _) = status::from_master(&lt, &master("Running", 500, 2), &now);
+    assert_eq!(write_kind(None, &running), StatusWrite::Now);
+    assert_eq!(write_kind(Some(&running), &running), StatusWrite::Nothing);
+    lt.status = Some(running.clone());
+    // More requests, other latencies: figures, written at most every 2 s.
+    let mut busier = master("Running", 500, 2);
+    busier.requests.total += 4000;
+    busier.latency_ms.p99 = 17.0;
+    let (st, _) = status::from_master(&lt, &busier, &now);
+    assert_eq!(write_kind(Some(&running), &st), StatusWrite::Paced);
+    // kubectl scale: a new generation and desired count, written at once; and again when
+    // every user runs (Ready and Progressing change).
+    lt.spec.users = 600;
+    lt.metadata.generation = Some(4);
+    let (scaling, _) = status::from_master(&lt, &master("Running", 500, 2), &now);
+    assert_eq!(write_kind(Some(&running), &scaling), StatusWrite::Now);
+    assert!(status::is_progressing(&scaling));
+    lt.status = Some(scaling.clone());
+    let mut all = master("Running", 600, 2);
+    all.users.desired = 600;
+    let (steady, _) = status::from_master(&lt, &all, &now);
+    assert!(!status::is_progressing(&steady));
+    assert_eq!(write_kind(Some(&scaling), &steady), StatusWrite::Now);
+    // An agent lost: at once.
+    let (lost, _) = status::from_master(&lt, &master("Running", 600, 1), &now);
+    assert_eq!(write_kind(Some(&steady), &lost), StatusWrite::Now);
+}
+
+#[test]
+fn a_master_that_never_answers_fails_the_test_with_the_reason() {
+    let lt = test();
+    let pod: k8s_openapi::api::core::v1::Pod = serde_yaml::from_str(
+        "metadata: {name: checkout-master, creationTimestamp: \"2026-11-22T10:00:00Z\"}
+status:
+  phase: Pending
+  containerStatuses:
+    - name: master
+      image: murmuration/agent:0.1.0
+      imageID: \"\"
+      ready: false
+      restartCount: 0
+      state: {waiting: {reason: ImagePullBackOff, message: \"Back-off pulling image\"}}
+",
+    )
+    .unwrap();
+    // The start barrier (5m by default) and a minute for the image: not yet.
+    assert_eq!(
+        status::master_overdue(&lt, Some(&pod), &at("2026-11-22T10:05:59Z")),
+        None
+    );
+    let why = status::master_overdue(&lt, Some(&pod), &at("2026-11-22T10:06:01Z")).unwrap();
+    assert_eq!(
+        why,
+        "the master did not answer within 6m (start.waitForAgents + 1m): \
+         pod checkout-master is Pending (ImagePullBackOff: Back-off pulling image)"
+    );
+    let now = at("2026-11-22T10:06:01Z");
+    let (failed, events) = status::failed_to_start(&lt, &why, &now);
+    snapshot("status-master-never-answered", &failed);
+    assert_eq!(events[0].reason(), "Finished");
+    assert!(events[0].warning());
+    // A test that ran is not failed by a master that went away later.
+    let mut ran = lt.clone();
+    ran.status = Some(status::from_master(&lt, &master("Running", 500, 2), &now).0);
+    assert_eq!(
+        status::master_overdue(&ran, Some(&pod), &at("2026-11-22T11:00:00Z")),
+        None
+    );
+}
+
+#[test]
+fn after_the_end_pods_go_per_policy_and_the_test_after_its_ttl() {
+    use murmuration_crds::loadtest::TestResult;
+    use murmuration_operator::status::{after_the_end, AfterTheEnd};
+    use std::time::Duration;
+    let ended = |policy: Option<&str>, ttl: Option<i64>, result: TestResult| {
+        let mut lt = test();
+        lt.spec.cleanup = serde_json::from_value(serde_json::json!({
+            "policy": policy, "ttlSecondsAfterFinished": ttl
+        }))
+        .unwrap();
+        lt.status = Some(murmuration_crds::loadtest::LoadTestStatus {
+            result: Some(result),
+            completion_time: Some(at("2026-11-22T10:00:00Z")),
+            ..Default::default()
+        });
+        after_the_end(&lt, &at("2026-11-22T10:00:30Z"))
+    };
+    let plan = |remove_pods, secs: Option<u64>| AfterTheEnd {
+        remove_pods,
+        delete_test_in: secs.map(Duration::from_secs),
+    };
+    assert_eq!(ended(None, None, TestResult::Passed), plan(true, None));
+    assert_eq!(ended(None, None, TestResult::Failed), plan(false, None));
+    assert_eq!(
+        ended(Some("Always"), Some(60), TestResult::Failed),
+        plan(true, Some(30))
+    );
+    assert_eq!(
+        ended(Some("Never"), Some(10), TestResult::Passed),
+        plan(false, Some(0))
+    );
 }

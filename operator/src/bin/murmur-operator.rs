@@ -97,28 +97,29 @@ async fn main() -> anyhow::Result<()> {
     if let Some(i) = args.agent_image {
         pods.image = i;
     }
-    let ctx = Arc::new(Context {
-        client: client.clone(),
+    let (ctx, caches) = Context::new(
+        client.clone(),
         pods,
-        recorder: Recorder::new(
+        Recorder::new(
             client.clone(),
             Reporter {
                 controller: "murmuration-operator".into(),
                 instance: Some(identity.clone()),
             },
         ),
-        metrics: metrics.clone(),
-    });
-    // Tests by phase, for the metrics.
-    let counting = client.clone();
+        metrics.clone(),
+    );
+    let ctx = Arc::new(ctx);
+    // Tests by phase, for the metrics (from the controller's cache).
+    let counting = ctx.clone();
     let gauge = metrics.tests.clone();
     tokio::spawn(async move {
         loop {
+            tokio::time::sleep(Duration::from_secs(10)).await;
             gauge.reset();
-            for (phase, n) in controller::count_phases(&counting).await {
+            for (phase, n) in counting.count_phases() {
                 gauge.with_label_values(&[&phase]).set(n);
             }
-            tokio::time::sleep(Duration::from_secs(10)).await;
         }
     });
     let lost = async {
@@ -129,7 +130,7 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let controller = tokio::spawn(controller::run(ctx, async move {
+    let controller = tokio::spawn(controller::run(ctx, caches, async move {
         let _ = stop_rx.await;
     }));
     tokio::select! {

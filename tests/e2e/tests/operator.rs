@@ -98,6 +98,19 @@ fn users_of(kubelet: &TestKubelet, test: &str, agents: u32) -> Option<Vec<Vec<u6
     Some(out)
 }
 
+/// How many reconciles the operator pod has done, from its `/metrics`.
+fn reconciles(kubelet: &TestKubelet, operator_pod: &str) -> Option<f64> {
+    let ip = kubelet.pod_ip(SYSTEM, operator_pod)?;
+    let resp = http_get(&format!("{ip}:8080"), "/metrics", Duration::from_secs(2)).ok()?;
+    Some(
+        resp.body
+            .lines()
+            .filter(|l| l.starts_with("murmuration_operator_reconciles_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum(),
+    )
+}
+
 /// Whether every id of 1..=n runs on exactly one agent.
 fn exactly_once(sets: &[Vec<u64>], n: u64) -> bool {
     let total: usize = sets.iter().map(|s| s.len()).sum();
@@ -407,7 +420,14 @@ spec:
         }
     };
     // The status follows within 2 s: measure over windows long enough for that.
+    let (r0, t0) = (reconciles(&kubelet, &operator_name), Instant::now());
     let fast = rate_over(9).await.expect("throttle status");
+    // The operator's own writes of the Throttle's live figures do not make it reconcile
+    // again: one steady test costs a reconcile every 2 s, not a busy loop.
+    let per_s =
+        (reconciles(&kubelet, &operator_name).unwrap() - r0.unwrap()) / t0.elapsed().as_secs_f64();
+    eprintln!("operator: {per_s:.2} reconciles/s with one steady throttled test");
+    assert!(per_s < 2.0, "{per_s} reconciles/s for one steady test");
     manifests::apply_yaml(
         &admin,
         &format!("apiVersion: murmuration.dev/v1alpha1\nkind: Throttle\nmetadata: {{name: paced-rate, namespace: {NS}}}\nspec: {{loadTest: paced, rate: 20, interval: 1s}}\n"),
