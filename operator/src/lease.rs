@@ -88,6 +88,31 @@ impl LeaderElection {
         }
     }
 
+    /// Gives the lease up (on shutdown), so that another replica takes over at once rather
+    /// than after the lease expires. Does nothing if another candidate holds it.
+    pub async fn release(&self) -> Result<(), kube::Error> {
+        let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+            return Ok(());
+        };
+        let mut spec = lease.spec.clone().unwrap_or_default();
+        if spec.holder_identity.as_deref() != Some(&self.identity) {
+            return Ok(());
+        }
+        spec.holder_identity = None;
+        spec.acquire_time = None;
+        spec.renew_time = None;
+        lease.spec = Some(spec);
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
+            // Changed meanwhile: it is not ours to give any more.
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+            r => r.map(|_| ()),
+        }
+    }
+
     /// Waits until this candidate holds the lease.
     pub async fn acquire(&self) {
         loop {

@@ -139,5 +139,12 @@ async fn main() -> anyhow::Result<()> {
     }
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(10), controller).await;
+    if args.leader_election {
+        // The reconciles in flight are done: another replica may lead at once.
+        match election.release().await {
+            Ok(()) => tracing::info!("lease released"),
+            Err(e) => tracing::warn!("releasing the lease: {e}"),
+        }
+    }
     Ok(())
 }

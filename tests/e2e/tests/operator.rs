@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::Client;
-use murmuration_crds::{LoadTest, Throttle};
+use murmuration_crds::{Coordinator, LoadTest, Throttle};
 use murmuration_e2e::manifests;
 use murmuration_e2e::util::{http_get, poll_until, scaled};
 use murmuration_e2e::{binaries, ControlPlane, KubeletConfig, Result, TestKubelet};
@@ -381,6 +381,14 @@ metadata: {{name: paced-rate, namespace: {NS}}}
 spec: {{loadTest: paced, rate: 100, interval: 1s}}
 ---
 apiVersion: murmuration.dev/v1alpha1
+kind: Coordinator
+metadata: {{name: paced-pairs, namespace: {NS}}}
+spec:
+  loadTest: paced
+  plan:
+    - {{users: 2, action: pairs}}
+---
+apiVersion: murmuration.dev/v1alpha1
 kind: LoadTest
 metadata: {{name: paced, namespace: {NS}}}
 spec:
@@ -392,6 +400,7 @@ spec:
       steps:
         - throttle: paced-rate
         - request: {{name: hit, path: /}}
+        - coordinate: paced-pairs
 "
     );
     manifests::apply_yaml(&admin, &throttled, NS).await?;
@@ -442,12 +451,30 @@ spec:
         "{fast}/s at a limit of 100/s"
     );
     assert!((16.0..=22.0).contains(&slow), "{slow}/s at a limit of 20/s");
+    // The Coordinator's live figures: users paired across the test, in its status.
+    let coordinators: Api<Coordinator> = Api::namespaced(admin.clone(), NS);
+    let groups = poll_until(
+        "the Coordinator's groups in its status",
+        scaled(Duration::from_secs(10)),
+        Duration::from_millis(200),
+        &[],
+        || async {
+            let st = coordinators.get("paced-pairs").await.ok()?.status?;
+            (st.groups > 0).then_some(st.groups)
+        },
+    )
+    .await?;
+    eprintln!("operator: coordinator paced-pairs formed {groups} pairs so far");
     tests
         .delete("paced", &DeleteParams::default())
         .await
         .unwrap();
     throttles
         .delete("paced-rate", &DeleteParams::default())
+        .await
+        .unwrap();
+    coordinators
+        .delete("paced-pairs", &DeleteParams::default())
         .await
         .unwrap();
     assert_nothing_left(&admin, "paced").await?;
@@ -727,6 +754,37 @@ spec:
     for i in 0..20 {
         assert_nothing_left(&admin, &format!("many-{i}")).await?;
     }
+
+    // The operator pod deleted (SIGTERM): it finishes, gives its Lease up, and the
+    // Deployment's next pod leads well before the lease (15 s) would have expired.
+    let t = Instant::now();
+    system_pods
+        .delete(&operator_name, &DeleteParams::default())
+        .await
+        .unwrap();
+    let next = poll_until(
+        "another operator pod leading",
+        scaled(Duration::from_secs(30)),
+        Duration::from_millis(100),
+        &[],
+        || async {
+            let holder = leases
+                .get("murmuration-operator")
+                .await
+                .ok()?
+                .spec?
+                .holder_identity?;
+            (holder != operator_name).then_some(holder)
+        },
+    )
+    .await
+    .inspect_err(|_| eprintln!("{}", kubelet.dump_logs()))?;
+    let took = t.elapsed();
+    eprintln!("operator: pod deleted → {next} leading after {took:?}");
+    assert!(
+        took < Duration::from_secs(12),
+        "the next operator led after {took:?}"
+    );
     Ok(())
 }
 
