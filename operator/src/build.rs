@@ -248,7 +248,7 @@ pub fn master_pod(
                     protocol: Some("TCP".into()),
                     ..ContainerPort::default()
                 }]),
-                readiness_probe: Some(http_probe("/healthz", MASTER_PORT, 2)),
+                readiness_probe: Some(http_probe("/healthz", MASTER_PORT, 1)),
                 liveness_probe: Some(Probe {
                     initial_delay_seconds: Some(10),
                     ..http_probe("/healthz", MASTER_PORT, 10)
@@ -276,6 +276,9 @@ pub fn master_service(lt: &LoadTest) -> Service {
         metadata: meta(lt, names::master(&test)),
         spec: Some(ServiceSpec {
             selector: Some(names::component_labels(&test, "master")),
+            // Agents dial the master as soon as it listens, not a readiness period later
+            // (they retry with a backoff until it does).
+            publish_not_ready_addresses: Some(true),
             ports: Some(vec![ServicePort {
                 name: Some("api".into()),
                 port: MASTER_PORT,

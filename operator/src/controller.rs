@@ -349,7 +349,13 @@ async fn reconcile_inner(lt: &LoadTest, ctx: &Context) -> Result<Action, Error> 
             }
             let status = status::without_master(lt, &e.to_string(), &now);
             write_status(ctx, lt, &status).await?;
-            return Ok(Action::requeue(Duration::from_secs(1)));
+            // A master on its way is asked again soon: the agents connect the moment it
+            // listens, and the test may start a moment later.
+            return Ok(Action::requeue(if status::is_progressing(&status) {
+                FOLLOW
+            } else {
+                REFRESH
+            }));
         }
     };
     let state = if state.phase == TestPhase::Finished {
