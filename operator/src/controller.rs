@@ -82,6 +82,21 @@ struct Memo {
     written: Option<(LoadTestStatus, Instant)>,
     /// Since when the finished test's report could not be fetched.
     report_failing_since: Option<Instant>,
+    /// The settings last pushed to the master ([`settings_key`]), and when.
+    pushed: Option<(String, Instant)>,
+}
+
+/// What identifies the settings of a test: the generations of its spec and of its
+/// Throttles' and Coordinators'.
+fn settings_key(lt: &LoadTest, throttles: &[Throttle], coordinators: &[Coordinator]) -> String {
+    let mut key = format!("{}", lt.metadata.generation.unwrap_or(0));
+    for t in throttles {
+        key += &format!(" t:{}@{}", t.name_any(), t.metadata.generation.unwrap_or(0));
+    }
+    for c in coordinators {
+        key += &format!(" c:{}@{}", c.name_any(), c.metadata.generation.unwrap_or(0));
+    }
+    key
 }
 
 /// The writers of [`Context`]'s caches, fed by [`run`]'s watches.
@@ -358,10 +373,19 @@ async fn reconcile_inner(lt: &LoadTest, ctx: &Context) -> Result<Action, Error> 
             }));
         }
     };
-    let state = if state.phase == TestPhase::Finished {
+    // Everything is pushed when a spec changed, and again every REFRESH (a restarted
+    // master learns it back); the quick follow-up polls in between only read.
+    let settings = settings_key(lt, &throttles, &coordinators);
+    let push_due = ctx.memo(&uid, |m| match &m.pushed {
+        Some((key, at)) => *key != settings || at.elapsed() + FOLLOW / 2 >= REFRESH,
+        None => true,
+    });
+    let state = if state.phase == TestPhase::Finished || !push_due {
         state
     } else {
-        push(lt, &master, state, &throttles, &coordinators).await
+        let state = push(lt, &master, state, &throttles, &coordinators).await;
+        ctx.memo(&uid, |m| m.pushed = Some((settings, Instant::now())));
+        state
     };
     // Status.
     let (mut status, events) = status::from_master(lt, &state, &now());
