@@ -119,6 +119,16 @@ pub fn validate(
             }
         }
     }
+    if let Some(http) = &spec.scenario.http {
+        for v in vars_used(http) {
+            if !spec.vars.contains_key(&v) {
+                return Err(invalid(
+                    "spec.scenario.http",
+                    format!("uses {{{{vars.{v}}}}}, but spec.vars has no {v:?}"),
+                ));
+            }
+        }
+    }
     if let Some(m) = &spec.scenario.messaging {
         duration("spec.scenario.messaging.interval", &m.interval)?;
         duration("spec.scenario.messaging.silence", &m.silence)?;
@@ -156,6 +166,59 @@ pub fn validate(
         }
     }
     Ok(())
+}
+
+/// The variables (`{{vars.NAME}}`) the templated fields of an http scenario use: its
+/// baseUrl and headers, and each request's url, path, headers, body and JSON strings.
+fn vars_used(http: &murmuration_crds::loadtest::HttpScenario) -> Vec<String> {
+    fn scan(text: &str, out: &mut Vec<String>) {
+        let mut rest = text;
+        while let Some(start) = rest.find("{{") {
+            let after = &rest[start + 2..];
+            let Some(end) = after.find("}}") else { return };
+            if let Some(name) = after[..end].trim().strip_prefix("vars.") {
+                out.push(name.to_owned());
+            }
+            rest = &after[end + 2..];
+        }
+    }
+    fn scan_json(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::String(s) => scan(s, out),
+            serde_json::Value::Array(a) => a.iter().for_each(|v| scan_json(v, out)),
+            // Values only: when in doubt the master has the last word, and a test the
+            // operator refused wrongly could not run at all.
+            serde_json::Value::Object(o) => o.values().for_each(|v| scan_json(v, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    let mut request = |r: &Request| {
+        for t in [&r.url, &r.path, &r.body].into_iter().flatten() {
+            scan(t, &mut out);
+        }
+        r.headers.values().for_each(|h| scan(h, &mut out));
+        if let Some(j) = &r.json {
+            scan_json(j, &mut out);
+        }
+    };
+    for s in &http.steps {
+        if let Some(r) = &s.request {
+            request(r);
+        }
+        for inner in s.loop_.iter().flat_map(|l| &l.steps) {
+            if let Some(r) = &inner.request {
+                request(r);
+            }
+        }
+    }
+    if let Some(b) = &http.base_url {
+        scan(b, &mut out);
+    }
+    http.headers.values().for_each(|h| scan(h, &mut out));
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// A threshold's bound as a number (milliseconds for latencies), as the engine reads it.
@@ -453,5 +516,35 @@ scenario:
             "Throttle r: spec.ramp.step"
         );
         assert_eq!(validate_test(&spec(OK), [("rate", &good)], []), Ok(()));
+    }
+
+    #[test]
+    fn every_var_a_template_uses_is_set() {
+        let with = |extra: &str| spec(&format!("{OK}{extra}"));
+        let uses = "users: 1\nvars: {host: h}\nscenario:\n  http:\n    baseUrl: \"http://{{vars.host}}\"\n    headers: {x-token: \"{{ vars.token }}\"}\n    steps:\n      - request: {path: /}\n";
+        let base = spec(uses);
+        let e = validate(&base, &[], &[]).unwrap_err();
+        assert_eq!(e.field, "spec.scenario.http");
+        assert_eq!(
+            e.reason,
+            "uses {{vars.token}}, but spec.vars has no \"token\""
+        );
+        let fixed = spec(&uses.replace("vars: {host: h}", "vars: {host: h, token: t}"));
+        assert_eq!(validate(&fixed, &[], &[]), Ok(()));
+        // JSON bodies too; user values are not vars.
+        let e = validate(&with("vars: {}\n"), &["rate".into()], &[]);
+        assert_eq!(e, Ok(()));
+        let json = spec(
+            &uses
+                .replace(
+                    "- request: {path: /}",
+                    "- request: {path: /, json: {user: \"{{user.id}}\", shop: \"{{vars.shop}}\"}}",
+                )
+                .replace("vars: {host: h}", "vars: {host: h, token: t}"),
+        );
+        assert_eq!(
+            validate(&json, &[], &[]).unwrap_err().reason,
+            "uses {{vars.shop}}, but spec.vars has no \"shop\""
+        );
     }
 }
