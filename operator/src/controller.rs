@@ -70,6 +70,9 @@ pub struct Context {
     pub throttles: Store<Throttle>,
     /// Every Coordinator, as watched.
     pub coordinators: Store<Coordinator>,
+    /// How long a master may take to answer, beyond a test's start barrier, before the
+    /// test fails ([`status::master_overdue`]).
+    pub master_grace: Duration,
     /// What the operator remembers of each test between reconciles, by uid.
     memo: Mutex<HashMap<String, Memo>>,
 }
@@ -126,6 +129,7 @@ impl Context {
                 tests,
                 throttles,
                 coordinators,
+                master_grace: status::MASTER_GRACE,
                 memo: Mutex::default(),
             },
             Caches {
@@ -355,7 +359,9 @@ async fn reconcile_inner(lt: &LoadTest, ctx: &Context) -> Result<Action, Error> 
         Err(e) => {
             tracing::debug!("master not there yet: {e}");
             let now = now();
-            if let Some(why) = status::master_overdue(lt, master_pod.as_ref(), &now) {
+            if let Some(why) =
+                status::master_overdue(lt, master_pod.as_ref(), ctx.master_grace, &now)
+            {
                 tracing::warn!("{why}");
                 let (status, events) = status::failed_to_start(lt, &why, &now);
                 publish(ctx, lt, &events).await;

@@ -466,16 +466,18 @@ pub fn is_progressing(status: &LoadTestStatus) -> bool {
 }
 
 /// How long the master pod may take to answer at all, on top of the start barrier
-/// (`spec.start.waitForAgents`, default 5m as in the engine): pulling an image takes time.
+/// (`spec.start.waitForAgents`, default 5m as in the engine), unless the operator is told
+/// otherwise (`--master-grace`): pulling an image takes time.
 pub const MASTER_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Why a test that has not started yet must be given up: its master has not answered
-/// within the start barrier and [`MASTER_GRACE`] since its pod was created (a wrong image,
-/// a pod that cannot be scheduled, a crashing master). `None` while there is time left, or
-/// once the test has started (a master lost later is `Degraded`, not a failed start).
+/// within the start barrier and `grace` since its pod was created (a wrong image, a pod
+/// that cannot be scheduled, a crashing master). `None` while there is time left, or once
+/// the test has started (a master lost later is `Degraded`, not a failed start).
 pub fn master_overdue(
     lt: &LoadTest,
     master_pod: Option<&k8s_openapi::api::core::v1::Pod>,
+    grace: std::time::Duration,
     now: &Time,
 ) -> Option<String> {
     let phase = lt
@@ -495,7 +497,7 @@ pub fn master_overdue(
         .and_then(|s| s.wait_for_agents.as_deref())
         .and_then(|w| murmuration_crds::units::parse_duration(w).ok())
         .unwrap_or(std::time::Duration::from_secs(300));
-    let limit = wait + MASTER_GRACE;
+    let limit = wait + grace;
     let waited = now.0.duration_since(created.0);
     if waited.is_negative() || waited.unsigned_abs() < limit {
         return None;
@@ -525,7 +527,7 @@ pub fn master_overdue(
     Some(format!(
         "the master did not answer within {} (start.waitForAgents + {}): pod {name} is {state}",
         humantime::format_duration(limit),
-        humantime::format_duration(MASTER_GRACE),
+        humantime::format_duration(grace),
     ))
 }
 

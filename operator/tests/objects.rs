@@ -266,10 +266,21 @@ status:
     .unwrap();
     // The start barrier (5m by default) and a minute for the image: not yet.
     assert_eq!(
-        status::master_overdue(&lt, Some(&pod), &at("2026-11-22T10:05:59Z")),
+        status::master_overdue(
+            &lt,
+            Some(&pod),
+            status::MASTER_GRACE,
+            &at("2026-11-22T10:05:59Z")
+        ),
         None
     );
-    let why = status::master_overdue(&lt, Some(&pod), &at("2026-11-22T10:06:01Z")).unwrap();
+    let why = status::master_overdue(
+        &lt,
+        Some(&pod),
+        status::MASTER_GRACE,
+        &at("2026-11-22T10:06:01Z"),
+    )
+    .unwrap();
     assert_eq!(
         why,
         "the master did not answer within 6m (start.waitForAgents + 1m): \
@@ -284,7 +295,12 @@ status:
     let mut ran = lt.clone();
     ran.status = Some(status::from_master(&lt, &master("Running", 500, 2), &now).0);
     assert_eq!(
-        status::master_overdue(&ran, Some(&pod), &at("2026-11-22T11:00:00Z")),
+        status::master_overdue(
+            &ran,
+            Some(&pod),
+            status::MASTER_GRACE,
+            &at("2026-11-22T11:00:00Z")
+        ),
         None
     );
 }

@@ -41,6 +41,10 @@ struct Args {
     /// Namespace of the Lease.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     namespace: String,
+    /// How long a test's master may take to answer, beyond the test's start barrier
+    /// (`spec.start.waitForAgents`), before the test fails.
+    #[arg(long, env = "MURMUR_MASTER_GRACE", default_value = "1m", value_parser = humantime::parse_duration)]
+    master_grace: Duration,
     /// This replica's identity (its pod name).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -109,6 +113,8 @@ async fn main() -> anyhow::Result<()> {
         ),
         metrics.clone(),
     );
+    let mut ctx = ctx;
+    ctx.master_grace = args.master_grace;
     let ctx = Arc::new(ctx);
     // Tests by phase, for the metrics (from the controller's cache).
     let counting = ctx.clone();

@@ -60,7 +60,8 @@ lint = helm_python.lint(chart)
 if lint.get("errors"):
     sys.exit("helm lint: " + json.dumps(lint))
 cfg = helm_python.Config(kubeconfig_path=kubeconfig, namespace=ns)
-cfg.install(chart, "murmuration", {"logLevel": "info"}, namespace=ns)
+# A short grace for masters that never answer, so that a test of it takes seconds.
+cfg.install(chart, "murmuration", {"logLevel": "info", "masterStartGrace": "2s"}, namespace=ns)
 print(json.dumps(lint))
 "#;
     let out = Command::new("python3")
@@ -679,6 +680,106 @@ spec:
     // kubectl delete: nothing of the test is left.
     kubectl(&cp, &["delete", "-n", NS, "lt/bad"]);
     assert_nothing_left(&admin, "bad").await?;
+
+    // A test whose master never answers (an image this cluster cannot run): Failed once its
+    // start barrier and the operator's grace (2 s, from the chart's values) are over, with
+    // the master pod's state as the reason.
+    manifests::apply_yaml(
+        &admin,
+        &format!(
+            "apiVersion: murmuration.dev/v1alpha1
+kind: LoadTest
+metadata: {{name: stuck, namespace: {NS}}}
+spec:
+  users: 1
+  agents: 1
+  start: {{waitForAgents: 1s}}
+  agent: {{image: registry.invalid/not-murmur:1}}
+  scenario:
+    http:
+      baseUrl: http://demo.{NS}.svc:8080
+      steps:
+        - request: {{path: /}}
+"
+        ),
+        NS,
+    )
+    .await?;
+    let st = poll_until(
+        "the stuck test Failed",
+        scaled(Duration::from_secs(30)),
+        Duration::from_millis(250),
+        &[],
+        || async {
+            let st = status_of(&tests, "stuck").await?;
+            (st["phase"] == "Failed").then_some(st)
+        },
+    )
+    .await?;
+    assert_eq!(st["result"], "Failed", "{st}");
+    let why = st["message"].as_str().unwrap();
+    assert!(
+        why.contains("did not answer") && why.contains("ImageNotRunnable"),
+        "{st}"
+    );
+    kubectl(&cp, &["delete", "-n", NS, "lt/stuck"]);
+    assert_nothing_left(&admin, "stuck").await?;
+
+    // cleanup {policy: Never, ttlSecondsAfterFinished}: the pods stay after the end, and
+    // the test goes (with everything it owns) once its time to live is over.
+    manifests::apply_yaml(
+        &admin,
+        &format!(
+            "apiVersion: murmuration.dev/v1alpha1
+kind: LoadTest
+metadata: {{name: brief, namespace: {NS}}}
+spec:
+  users: 2
+  agents: 1
+  duration: 2s
+  cleanup: {{policy: Never, ttlSecondsAfterFinished: 3}}
+  scenario:
+    http:
+      baseUrl: http://demo.{NS}.svc:8080
+      steps:
+        - request: {{path: /}}
+        - think: {{duration: 100ms}}
+"
+        ),
+        NS,
+    )
+    .await?;
+    poll_until(
+        "the brief test Succeeded",
+        scaled(Duration::from_secs(60)),
+        Duration::from_millis(200),
+        &[],
+        || async {
+            let st = status_of(&tests, "brief").await?;
+            (st["phase"] == "Succeeded").then_some(())
+        },
+    )
+    .await
+    .inspect_err(|_| eprintln!("{}", kubelet.dump_logs()))?;
+    let kept = pods
+        .list(&ListParams::default().labels("murmuration.dev/loadtest=brief"))
+        .await
+        .unwrap();
+    assert_eq!(kept.items.len(), 2, "policy Never keeps master and agent");
+    let t = Instant::now();
+    poll_until(
+        "the brief test deleted after its TTL",
+        scaled(Duration::from_secs(30)),
+        Duration::from_millis(200),
+        &[],
+        || async { tests.get_opt("brief").await.ok()?.is_none().then_some(()) },
+    )
+    .await?;
+    eprintln!(
+        "operator: a finished test with a 3 s TTL went after {:?}",
+        t.elapsed()
+    );
+    assert_nothing_left(&admin, "brief").await?;
 
     // Twenty tests at once: the operator's memory.
     for i in 0..20 {

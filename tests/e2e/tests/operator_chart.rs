@@ -139,6 +139,7 @@ fn the_chart_renders_what_its_values_promise() {
         env(operator, "MURMUR_LEADER_ELECTION").unwrap()["value"],
         "true"
     );
+    assert_eq!(env(operator, "MURMUR_MASTER_GRACE").unwrap()["value"], "1m");
     assert_eq!(operator["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(operator["livenessProbe"]["httpGet"]["path"], "/healthz");
     // The Lease only, in the release's namespace only.
