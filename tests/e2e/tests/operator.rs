@@ -1,7 +1,8 @@
 //! The operator end to end, on the real control plane with the test kubelet: the Helm chart
 //! installs (Helm SDK) and the operator runs as a pod with the chart's RBAC only; a
 //! LoadTest applied with kubectl runs all its users on two agents; `kubectl scale` and
-//! `kubectl patch` change the running set to exactly 1..N; a deleted agent pod comes back
+//! `kubectl patch` change the running set to exactly 1..N, and so does editing `spec.agents`
+//! (up and down); a deleted agent pod comes back
 //! and no user is lost or doubled; a Throttle edited live changes the measured rate; an
 //! invalid LoadTest creates nothing and recovers when fixed; a finished test keeps its
 //! result and its report (`murmur report`) after its pods are gone; `kubectl delete` leaves
@@ -321,6 +322,80 @@ async fn the_operator_runs_scales_and_cleans_up_load_tests() -> Result<()> {
     );
     wait_users(
         "60 users after kubectl patch",
+        &tests,
+        &kubelet,
+        "shop",
+        2,
+        60,
+    )
+    .await?;
+
+    // spec.agents edited live: a third agent joins and takes users started after it
+    // (running users stay where they are); back to two, the users of the one that goes
+    // run on the others. Each id runs once all along the way.
+    let agents_ready = |n: i64| {
+        let tests = tests.clone();
+        async move {
+            poll_until(
+                format!("{n} agents ready in the status"),
+                scaled(Duration::from_secs(60)),
+                Duration::from_millis(100),
+                &[],
+                || async {
+                    let st = status_of(&tests, "shop").await?;
+                    (st["agents"]["ready"] == n && st["agents"]["desired"] == n).then_some(())
+                },
+            )
+            .await
+        }
+    };
+    kubectl(
+        &cp,
+        &[
+            "patch",
+            "-n",
+            NS,
+            "lt/shop",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"agents":3}}"#,
+        ],
+    );
+    agents_ready(3).await?;
+    kubectl(&cp, &["scale", "-n", NS, "lt/shop", "--replicas=90"]);
+    wait_users("90 users on 3 agents", &tests, &kubelet, "shop", 3, 90).await?;
+    let on_third = users_of(&kubelet, "shop", 3).unwrap()[2].len();
+    eprintln!("operator: agents 2 → 3, then users 60 → 90: {on_third} users on the new agent");
+    assert!(on_third > 0, "the new agent runs no user");
+    kubectl(
+        &cp,
+        &[
+            "patch",
+            "-n",
+            NS,
+            "lt/shop",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"agents":2,"users":60}}"#,
+        ],
+    );
+    agents_ready(2).await?;
+    poll_until(
+        "shop-agent-2 gone",
+        scaled(Duration::from_secs(30)),
+        Duration::from_millis(100),
+        &[],
+        || async {
+            pods.get_opt("shop-agent-2")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await?;
+    wait_users(
+        "60 users on 2 agents again",
         &tests,
         &kubelet,
         "shop",
