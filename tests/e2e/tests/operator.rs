@@ -1,12 +1,16 @@
 //! The operator end to end, on the real control plane with the test kubelet: the Helm chart
-//! installs (Helm SDK) and the operator runs as a pod with the chart's RBAC only; a
-//! LoadTest applied with kubectl runs all its users on two agents; `kubectl scale` and
-//! `kubectl patch` change the running set to exactly 1..N, and so does editing `spec.agents`
-//! (up and down); a deleted agent pod comes back
-//! and no user is lost or doubled; a Throttle edited live changes the measured rate; an
-//! invalid LoadTest creates nothing and recovers when fixed; a finished test keeps its
-//! result and its report (`murmur report`) after its pods are gone; `kubectl delete` leaves
-//! nothing behind.
+//! installs (Helm SDK) and the operator runs as a pod with the chart's RBAC only, leading
+//! through the chart's Lease; a LoadTest applied with kubectl runs all its users on two
+//! agents; `kubectl scale`, `kubectl patch` of `spec.users` and of `spec.agents` (up and
+//! down) change the running set to exactly 1..N; a deleted agent pod comes back and no
+//! user is lost or doubled; a Throttle edited live changes the measured rate, and a
+//! Coordinator's status shows its groups, without the operator's own status writes making
+//! it reconcile in a loop; the examples run to Passed; an invalid LoadTest creates nothing
+//! and recovers when fixed; a finished test keeps its result and its report (`murmur
+//! report`) after its pods are gone; a master that never answers fails its test with the
+//! pod's state; `cleanup.policy: Never` keeps the pods and the TTL takes the test;
+//! `kubectl delete` leaves nothing behind; twenty tests at once (the operator's memory);
+//! a deleted operator pod hands its Lease over at once.
 //!
 //! Which users run where is read from each agent pod's own `/users` endpoint.
 
