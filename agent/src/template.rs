@@ -1,5 +1,7 @@
 //! Templated values in scenarios: `{{user.id}}`, `{{user.iteration}}`, `{{vars.base_url}}`,
-//! and a user's own values (`{{order}}` from `extract`, `{{group.ids}}` from a coordinator).
+//! the wall-clock time of rendering (`{{time.unix_ms}}`, `{{time.unix_us}}`: a request's
+//! send time, for `sentAt` fields and for the target to measure delivery), and a user's own
+//! values (`{{order}}` from `extract`, `{{group.ids}}` from a coordinator).
 //!
 //! Templates are parsed once when the plan is built; rendering is a walk over the parsed
 //! parts, and a template without placeholders renders as the stored text, with no work.
@@ -15,7 +17,9 @@ pub enum TemplateError {
     #[error("\"{{{{\" at byte {0} is not closed by \"}}}}\"")]
     Unclosed(usize),
     /// `{{}}` or a name with characters a name cannot have.
-    #[error("{0:?} is not a placeholder: use user.id, user.iteration, vars.NAME or NAME")]
+    #[error(
+        "{0:?} is not a placeholder: use user.id, user.iteration, time.unix_ms, time.unix_us, vars.NAME or NAME"
+    )]
     BadName(String),
 }
 
@@ -25,6 +29,10 @@ enum Part {
     Text(String),
     UserId,
     Iteration,
+    /// Milliseconds since the Unix epoch, when rendered.
+    UnixMs,
+    /// Microseconds since the Unix epoch, when rendered.
+    UnixUs,
     Var(String),
     Local(String),
 }
@@ -97,6 +105,12 @@ impl Template {
                 Part::Iteration => {
                     let _ = write!(out, "{}", user.iteration());
                 }
+                Part::UnixMs => {
+                    let _ = write!(out, "{}", unix_time().as_millis());
+                }
+                Part::UnixUs => {
+                    let _ = write!(out, "{}", unix_time().as_micros());
+                }
                 Part::Var(name) => {
                     if let Some(v) = user.env().vars.load().get(name) {
                         push_value(v, out);
@@ -127,6 +141,8 @@ impl Template {
         match self.parts.as_slice() {
             [Part::UserId] => user.id().into(),
             [Part::Iteration] => user.iteration().into(),
+            [Part::UnixMs] => (unix_time().as_millis() as u64).into(),
+            [Part::UnixUs] => (unix_time().as_micros() as u64).into(),
             [Part::Var(name)] => user
                 .env()
                 .vars
@@ -156,10 +172,21 @@ fn parse_name(name: &str) -> Result<Part, TemplateError> {
     Ok(match name {
         "user.id" => Part::UserId,
         "user.iteration" => Part::Iteration,
+        "time.unix_ms" => Part::UnixMs,
+        "time.unix_us" => Part::UnixUs,
         n if n.starts_with("vars.") && valid(&n[5..]) => Part::Var(n[5..].to_owned()),
-        n if n.starts_with("user.") => return Err(TemplateError::BadName(n.to_owned())),
+        n if n.starts_with("user.") || n.starts_with("time.") => {
+            return Err(TemplateError::BadName(n.to_owned()))
+        }
         n => Part::Local(n.to_owned()),
     })
+}
+
+/// Time since the Unix epoch (zero for a clock set before it).
+fn unix_time() -> std::time::Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
 }
 
 fn push_value(v: &serde_json::Value, out: &mut String) {
@@ -274,6 +301,29 @@ mod tests {
         assert!(!t.is_static());
         assert_eq!(t.vars().collect::<Vec<_>>(), ["base", "n"]);
         assert!(Template::parse("/plain").unwrap().is_static());
+    }
+
+    #[test]
+    fn time_is_the_wall_clock_when_rendered() {
+        let user = test_user(1, serde_json::json!({}));
+        let before = unix_time();
+        let us: u128 = Template::parse("{{time.unix_us}}")
+            .unwrap()
+            .render(&user)
+            .parse()
+            .unwrap();
+        let ms = JsonTemplate::parse(&serde_json::json!({"at": "{{time.unix_ms}}"}))
+            .unwrap()
+            .render(&user)["at"]
+            .as_u64()
+            .unwrap();
+        let after = unix_time();
+        assert!(before.as_micros() <= us && us <= after.as_micros());
+        assert!(before.as_millis() as u64 <= ms && ms <= after.as_millis() as u64);
+        assert!(matches!(
+            Template::parse("{{time.now}}"),
+            Err(TemplateError::BadName(_))
+        ));
     }
 
     #[test]
