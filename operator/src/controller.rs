@@ -411,6 +411,12 @@ async fn reconcile_inner(lt: &LoadTest, ctx: &Context) -> Result<Action, Error> 
     };
     if due {
         write_status(ctx, lt, &status).await?;
+        let why = if write == StatusWrite::Now {
+            "transition"
+        } else {
+            "figures"
+        };
+        ctx.metrics.status_writes.with_label_values(&[why]).inc();
     }
     if finished {
         return Ok(Action::requeue(Duration::from_millis(100)));
@@ -845,5 +851,55 @@ async fn finished(lt: &LoadTest, ctx: &Context) -> Result<Action, Error> {
         }
         Some(left) => Ok(Action::requeue(left.max(Duration::from_secs(1)))),
         None => Ok(Action::await_change()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use murmuration_crds::ThrottleSpec;
+
+    fn throttle(generation: i64, executed: i64) -> Throttle {
+        let mut t = Throttle::new(
+            "rate",
+            ThrottleSpec {
+                load_test: Some("shop".into()),
+                rate: 10,
+                interval: None,
+                ramp: None,
+            },
+        );
+        t.metadata.namespace = Some("lt".into());
+        t.metadata.generation = Some(generation);
+        t.status = Some(ThrottleStatus {
+            executed,
+            ..ThrottleStatus::default()
+        });
+        t
+    }
+
+    /// The operator writes a Throttle's live figures into its status: that must not make
+    /// its test reconcile again (it would, at once, write the next figures, and so on).
+    #[tokio::test]
+    async fn only_spec_changes_and_deletions_trigger() {
+        use watcher::Event::*;
+        let events = vec![
+            Init,
+            InitApply(throttle(1, 0)),
+            InitDone,
+            Apply(throttle(1, 10)),
+            Apply(throttle(1, 20)),
+            Apply(throttle(2, 30)),
+            Delete(throttle(2, 30)),
+        ];
+        let triggers: Vec<(i64, i64)> =
+            spec_changes(futures::stream::iter(events.into_iter().map(Ok)))
+                .map(|t| {
+                    let t = t.unwrap();
+                    (t.metadata.generation.unwrap(), t.status.unwrap().executed)
+                })
+                .collect()
+                .await;
+        assert_eq!(triggers, [(1, 0), (2, 30), (2, 30)]);
     }
 }

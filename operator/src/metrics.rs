@@ -29,6 +29,8 @@ pub struct Metrics {
     pub duration: Histogram,
     /// LoadTests by phase.
     pub tests: IntGaugeVec,
+    /// Status writes of LoadTests, by why: a transition, or live figures (paced).
+    pub status_writes: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -62,8 +64,19 @@ impl Default for Metrics {
             &["phase"],
         )
         .expect("valid metric");
+        let status_writes = IntCounterVec::new(
+            Opts::new(
+                "murmuration_operator_status_writes_total",
+                "Status writes of LoadTests, by why (transition or figures)",
+            ),
+            &["why"],
+        )
+        .expect("valid metric");
         registry
             .register(Box::new(reconciles.clone()))
+            .expect("registered once");
+        registry
+            .register(Box::new(status_writes.clone()))
             .expect("registered once");
         registry
             .register(Box::new(errors.clone()))
@@ -80,6 +93,7 @@ impl Default for Metrics {
             errors,
             duration,
             tests,
+            status_writes,
         }
     }
 }

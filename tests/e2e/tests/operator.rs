@@ -104,14 +104,18 @@ fn users_of(kubelet: &TestKubelet, test: &str, agents: u32) -> Option<Vec<Vec<u6
     Some(out)
 }
 
-/// How many reconciles the operator pod has done, from its `/metrics`.
-fn reconciles(kubelet: &TestKubelet, operator_pod: &str) -> Option<f64> {
+/// The sum of the operator pod's metric `name` (over its labels whose text contains
+/// `labels`), from its `/metrics`.
+fn metric(kubelet: &TestKubelet, operator_pod: &str, name: &str, labels: &str) -> Option<f64> {
     let ip = kubelet.pod_ip(SYSTEM, operator_pod)?;
     let resp = http_get(&format!("{ip}:8080"), "/metrics", Duration::from_secs(2)).ok()?;
     Some(
         resp.body
             .lines()
-            .filter(|l| l.starts_with("murmuration_operator_reconciles_total"))
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with([' ', '{']) && rest.contains(labels))
+            })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum(),
     )
@@ -509,13 +513,36 @@ spec:
         }
     };
     // The status follows within 2 s: measure over windows long enough for that.
-    let (r0, t0) = (reconciles(&kubelet, &operator_name), Instant::now());
+    let reconciles = || {
+        metric(
+            &kubelet,
+            &operator_name,
+            "murmuration_operator_reconciles_total",
+            "",
+        )
+    };
+    let writes = || {
+        metric(
+            &kubelet,
+            &operator_name,
+            "murmuration_operator_status_writes_total",
+            "",
+        )
+    };
+    let (r0, w0, t0) = (reconciles().unwrap(), writes().unwrap(), Instant::now());
     let fast = rate_over(9).await.expect("throttle status");
     // The operator's own writes of the Throttle's live figures do not make it reconcile
-    // again: one steady test costs a reconcile every 2 s, not a busy loop.
-    let per_s =
-        (reconciles(&kubelet, &operator_name).unwrap() - r0.unwrap()) / t0.elapsed().as_secs_f64();
-    eprintln!("operator: {per_s:.2} reconciles/s with one steady throttled test");
+    // again: one steady test costs a reconcile and a status write every 2 s, not a loop.
+    let secs = t0.elapsed().as_secs_f64();
+    let per_s = (reconciles().unwrap() - r0) / secs;
+    let writes_per_s = (writes().unwrap() - w0) / secs;
+    eprintln!(
+        "operator: {per_s:.2} reconciles/s and {writes_per_s:.2} status writes/s with one steady throttled test"
+    );
+    assert!(
+        writes_per_s <= 0.6,
+        "{writes_per_s} status writes/s for one steady test"
+    );
     assert!(per_s < 2.0, "{per_s} reconciles/s for one steady test");
     manifests::apply_yaml(
         &admin,
@@ -903,6 +930,23 @@ spec:
     )
     .await
     .inspect_err(|_| eprintln!("{}", kubelet.dump_logs()))?;
+    // The tests by phase, in the operator's metrics (refreshed every 10 s).
+    poll_until(
+        "20 Running tests in the operator's metrics",
+        scaled(Duration::from_secs(20)),
+        Duration::from_millis(500),
+        &[],
+        || async {
+            let n = metric(
+                &kubelet,
+                &operator_name,
+                "murmuration_operator_tests",
+                "phase=\"Running\"",
+            )?;
+            (n == 20.0).then_some(())
+        },
+    )
+    .await?;
     // Two more refreshes of every test, then the operator's resident memory.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let operator_pod = system_pods
