@@ -17,7 +17,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::ByteString;
 use kube::Resource;
-use murmuration_crds::{Coordinator, LoadTest, Throttle};
+use murmuration_crds::{Coordinator, LoadTest, LoadTestSpec, Throttle};
 
 use crate::names::{self, AGENT_HEALTH_PORT, MASTER_PORT, TOKEN_KEY};
 
@@ -110,6 +110,25 @@ pub fn test_manifests(
         ));
     }
     docs.join("---\n")
+}
+
+/// The LoadTest spec a master pod was started with (its `MURMUR_TEST`, the first document
+/// of [`test_manifests`]), to tell which later edits it has not taken.
+pub fn started_spec(master: &k8s_openapi::api::core::v1::Pod) -> Option<LoadTestSpec> {
+    let text = master
+        .spec
+        .as_ref()?
+        .containers
+        .first()?
+        .env
+        .as_ref()?
+        .iter()
+        .find(|e| e.name == "MURMUR_TEST")?
+        .value
+        .as_deref()?;
+    let first = serde_yaml::Deserializer::from_str(text).next()?;
+    let doc: serde_json::Value = serde::Deserialize::deserialize(first).ok()?;
+    serde_json::from_value(doc.get("spec")?.clone()).ok()
 }
 
 fn field_env(name: &str, path: &str) -> EnvVar {

@@ -87,6 +87,8 @@ struct Memo {
     report_failing_since: Option<Instant>,
     /// The settings last pushed to the master ([`settings_key`]), and when.
     pushed: Option<(String, Instant)>,
+    /// The edits the running test does not take, as last told in an Event.
+    edits_told: Vec<String>,
 }
 
 /// What identifies the settings of a test: the generations of its spec and of its
@@ -394,7 +396,10 @@ async fn reconcile_inner(lt: &LoadTest, ctx: &Context) -> Result<Action, Error> 
         state
     };
     // Status.
-    let (mut status, events) = status::from_master(lt, &state, &now());
+    let (mut status, mut events) = status::from_master(lt, &state, &now());
+    if state.phase != TestPhase::Finished {
+        events.extend(edits_not_taken(lt, ctx, master_pod.as_ref()));
+    }
     write_figures(ctx, &ns, &state, &throttles, &coordinators).await;
     let finished = matches!(status.phase, Some(Phase::Succeeded | Phase::Failed));
     if finished && !store_report(lt, ctx, &master).await? {
@@ -731,6 +736,22 @@ async fn write_status(ctx: &Context, lt: &LoadTest, status: &LoadTestStatus) -> 
     let uid = lt.metadata.uid.clone().unwrap_or_default();
     ctx.memo(&uid, |m| m.written = Some((status.clone(), Instant::now())));
     Ok(())
+}
+
+/// Edits the running test does not take, told when they change (not at every scale): the
+/// spec the master started with is in its pod.
+fn edits_not_taken(lt: &LoadTest, ctx: &Context, master: Option<&Pod>) -> Option<Transition> {
+    let started = build::started_spec(master?)?;
+    let fields = status::edits_not_taken(&started, &lt.spec);
+    let uid = lt.metadata.uid.clone().unwrap_or_default();
+    let told = ctx.memo(&uid, |m| {
+        std::mem::replace(&mut m.edits_told, fields.clone()) == fields
+    });
+    if fields.is_empty() || told {
+        return None;
+    }
+    tracing::warn!(?fields, "edits the running test does not take");
+    Some(Transition::EditsNotTaken { fields })
 }
 
 async fn publish(ctx: &Context, lt: &LoadTest, events: &[Transition]) {

@@ -11,7 +11,7 @@ use murmuration_crds::api::{MasterStatus, TestPhase};
 use murmuration_crds::loadtest::{
     AgentCounts, LoadTestStatus, Phase, RequestCounts, TestResult, UserCounts,
 };
-use murmuration_crds::LoadTest;
+use murmuration_crds::{LoadTest, LoadTestSpec};
 
 use crate::validate::Invalid;
 
@@ -46,6 +46,11 @@ pub enum Transition {
     },
     /// The spec is invalid.
     Invalid(Invalid),
+    /// The spec of a running test was edited in fields it only reads at its start.
+    EditsNotTaken {
+        /// The fields, as `spec.NAME`.
+        fields: Vec<String>,
+    },
 }
 
 impl Transition {
@@ -58,6 +63,7 @@ impl Transition {
             Transition::ThresholdFailed { .. } => "ThresholdFailed",
             Transition::Finished { .. } => "Finished",
             Transition::Invalid(_) => "Invalid",
+            Transition::EditsNotTaken { .. } => "EditIgnored",
         }
     }
 
@@ -68,6 +74,7 @@ impl Transition {
             Transition::AgentLost { .. }
                 | Transition::ThresholdFailed { .. }
                 | Transition::Invalid(_)
+                | Transition::EditsNotTaken { .. }
                 | Transition::Finished {
                     result: TestResult::Failed,
                     ..
@@ -88,8 +95,32 @@ impl Transition {
             }
             Transition::Finished { result, message } => format!("{result:?}: {message}"),
             Transition::Invalid(i) => i.to_string(),
+            Transition::EditsNotTaken { fields } => format!(
+                "{} changed, but a running test keeps what it started with: only spec.users, \
+                 spec.agents, spec.vars, spec.agent, spec.cleanup and the test's Throttles and \
+                 Coordinators apply live; create the test again to run with the new values",
+                fields.join(", ")
+            ),
         }
     }
+}
+
+/// The fields of `now` that differ from the spec the test `started` with, among those its
+/// master only reads at the start (it is given users, agents and vars live; the operator
+/// applies `agent` to the agents' pods and reads `cleanup` and `start` itself).
+pub fn edits_not_taken(started: &LoadTestSpec, now: &LoadTestSpec) -> Vec<String> {
+    let mut fields = Vec::new();
+    let mut check = |name: &str, differs: bool| {
+        if differs {
+            fields.push(format!("spec.{name}"));
+        }
+    };
+    check("userRate", started.user_rate != now.user_rate);
+    check("duration", started.duration != now.duration);
+    check("repeat", started.repeat != now.repeat);
+    check("scenario", started.scenario != now.scenario);
+    check("thresholds", started.thresholds != now.thresholds);
+    fields
 }
 
 fn phase_of(master: &MasterStatus) -> Phase {

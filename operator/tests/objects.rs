@@ -338,3 +338,37 @@ fn after_the_end_pods_go_per_policy_and_the_test_after_its_ttl() {
         plan(false, Some(0))
     );
 }
+
+#[test]
+fn edits_a_running_test_does_not_take_are_named() {
+    let started = test();
+    let pod = build::master_pod(
+        &started,
+        &build::test_manifests(&started, &[throttle()], &[coordinator()]),
+        &settings(),
+    );
+    // The master pod says what its test started with.
+    assert_eq!(build::started_spec(&pod).as_ref(), Some(&started.spec));
+    // Live fields change nothing here; the others are named.
+    let mut now = started.clone();
+    now.spec.users = 800;
+    now.spec.agents = 3;
+    now.spec
+        .vars
+        .insert("base_url".into(), "http://other".into());
+    assert!(status::edits_not_taken(&started.spec, &now.spec).is_empty());
+    now.spec.duration = Some("20m".into());
+    now.spec.thresholds.clear();
+    let fields = status::edits_not_taken(&started.spec, &now.spec);
+    assert_eq!(fields, ["spec.duration", "spec.thresholds"]);
+    let event = Transition::EditsNotTaken { fields };
+    assert_eq!(event.reason(), "EditIgnored");
+    assert!(event.warning());
+    assert!(
+        event
+            .note()
+            .starts_with("spec.duration, spec.thresholds changed, but a running test keeps"),
+        "{}",
+        event.note()
+    );
+}

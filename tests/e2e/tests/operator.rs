@@ -338,6 +338,45 @@ async fn the_operator_runs_scales_and_cleans_up_load_tests() -> Result<()> {
     )
     .await?;
 
+    // An edit the running test cannot take (its master read it at the start) is not
+    // silently dropped: a Warning Event names the field, and the test goes on as it was.
+    kubectl(
+        &cp,
+        &[
+            "patch",
+            "-n",
+            NS,
+            "lt/shop",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"duration":"1h"}}"#,
+        ],
+    );
+    poll_until(
+        "an EditIgnored Event naming spec.duration",
+        scaled(Duration::from_secs(15)),
+        Duration::from_millis(300),
+        &[],
+        || async {
+            let events = kubectl(
+                &cp,
+                &[
+                    "get",
+                    "events",
+                    "-n",
+                    NS,
+                    "--field-selector",
+                    "involvedObject.name=shop,reason=EditIgnored",
+                ],
+            );
+            events.contains("spec.duration changed").then_some(())
+        },
+    )
+    .await?;
+    let st = status_of(&tests, "shop").await.expect("status");
+    assert_eq!(st["phase"], "Running", "{st}");
+    assert_eq!(st["users"]["running"], 60, "{st}");
+
     // spec.agents edited live: a third agent joins and takes users started after it
     // (running users stay where they are); back to two, the users of the one that goes
     // run on the others. Each id runs once all along the way.
