@@ -149,6 +149,7 @@ impl<'de> Deserialize<'de> for GroupSize {
 /// What a formed group does.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = crate::schema::field_describes)]
 pub enum CoordinationAction {
     /// Release the members together; each learns the ids of the whole group.
     Group,

@@ -109,6 +109,23 @@ pub struct LoadTestSpec {
     /// What is removed after the test ends, and when.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cleanup: Option<CleanupPolicy>,
+
+    /// Set it to stop a running test before its end: `Graceful` lets every user finish
+    /// its iteration, `Forced` aborts them at once (`Graceful` may be changed to `Forced`
+    /// while users finish). The test then ends as any other, with its result, thresholds
+    /// and report; it cannot be started again. Ignored by `murmur run` (Ctrl-C stops it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<StopMode>,
+}
+
+/// How a test is stopped before its end.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[schemars(transform = crate::schema::field_describes)]
+pub enum StopMode {
+    /// Users finish their current iteration, then the test ends.
+    Graceful,
+    /// Users are aborted at once.
+    Forced,
 }
 
 fn default_agents() -> i32 {
@@ -184,6 +201,7 @@ pub struct HttpScenario {
 /// HTTP protocol version.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "lowercase")]
+#[schemars(transform = crate::schema::field_describes)]
 pub enum HttpVersion {
     /// HTTP/1.1 with keep-alive.
     Http1,
@@ -317,6 +335,7 @@ pub struct Request {
 /// HTTP methods.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 #[allow(missing_docs, clippy::upper_case_acronyms)]
+#[schemars(transform = crate::schema::field_describes)]
 pub enum Method {
     GET,
     POST,
@@ -473,7 +492,7 @@ pub struct StartPolicy {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CleanupPolicy {
     /// Which pods are removed at the end: `Always`, `OnSuccess` (keep a failed test's pods
-    /// for inspection) or `Never`. Default `Always`.
+    /// for inspection) or `Never`. Default `OnSuccess`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<CleanupWhen>,
 
@@ -485,11 +504,12 @@ pub struct CleanupPolicy {
 
 /// When pods are removed after the test.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[schemars(transform = crate::schema::field_describes)]
 pub enum CleanupWhen {
     /// Remove the pods after every test.
-    #[default]
     Always,
     /// Remove the pods only after a test that passed.
+    #[default]
     OnSuccess,
     /// Keep the pods.
     Never,
@@ -561,6 +581,7 @@ pub struct LoadTestStatus {
 #[derive(
     Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
 )]
+#[schemars(transform = crate::schema::field_describes)]
 pub enum Phase {
     /// Accepted, nothing started yet.
     Pending,
@@ -657,6 +678,7 @@ pub struct ThresholdResult {
 
 /// The outcome of a finished test.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[schemars(transform = crate::schema::field_describes)]
 pub enum TestResult {
     /// Every threshold held.
     Passed,

@@ -58,3 +58,10 @@ pub fn group_size(_: &mut SchemaGenerator) -> Schema {
         "x-kubernetes-preserve-unknown-fields": true,
     })
 }
+
+/// For enums used as fields: drops the type's own description from its schema, so that
+/// the field's doc (what `kubectl explain` shows) is not replaced by it when the schema is
+/// inlined into the CRD.
+pub fn field_describes(schema: &mut Schema) {
+    schema.remove("description");
+}

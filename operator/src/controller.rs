@@ -33,7 +33,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
 use murmuration_crds::api::{MasterStatus, TestPhase};
-use murmuration_crds::loadtest::{LoadTestStatus, Phase};
+use murmuration_crds::loadtest::{LoadTestStatus, Phase, StopMode};
 use murmuration_crds::{Coordinator, CoordinatorStatus, LoadTest, Throttle, ThrottleStatus};
 use tracing::Instrument;
 
@@ -612,6 +612,22 @@ async fn push(
             Ok(s) => *state = s,
             Err(e) => tracing::warn!("pushing {what} to the master: {e}"),
         }
+    }
+    // A stop asked for in the spec (the master takes a repeated stop as a no-op, and a
+    // forced one after a graceful one as forcing it).
+    if let Some(mode) = lt.spec.stop {
+        let forced = mode == StopMode::Forced;
+        let due = match state.phase {
+            TestPhase::Starting | TestPhase::Running => true,
+            TestPhase::Stopping => forced,
+            TestPhase::Finished => false,
+        };
+        if due {
+            tracing::info!(forced, "stopping the test, as its spec asks");
+            let r = master.stop(forced).await;
+            note(&mut state, r, "the stop");
+        }
+        return state;
     }
     let users = lt.spec.users.max(0) as u64;
     if state.users.desired != users as i64 {

@@ -180,6 +180,12 @@ impl MasterClient {
         .map(|_| ())
     }
 
+    /// Stops the test: users finish their iteration, or are aborted when `forced`.
+    pub async fn stop(&self, forced: bool) -> Result<MasterStatus, MasterError> {
+        self.json(Method::POST, api::STOP, &api::Stop { forced })
+            .await
+    }
+
     /// The report (JSON), its series downsampled to at most `max_points`.
     pub async fn report(&self, max_points: usize) -> Result<Bytes, MasterError> {
         self.call(

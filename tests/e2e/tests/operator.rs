@@ -3,7 +3,8 @@
 //! through the chart's Lease; a LoadTest applied with kubectl runs all its users on two
 //! agents; `kubectl scale`, `kubectl patch` of `spec.users` and of `spec.agents` (up and
 //! down) change the running set to exactly 1..N; a deleted agent pod comes back and no
-//! user is lost or doubled; a Throttle edited live changes the measured rate, and a
+//! user is lost or doubled; an edit of a field read at the start gets an `EditIgnored`
+//! Event; `spec.stop` ends the test with its result and report; a Throttle edited live changes the measured rate, and a
 //! Coordinator's status shows its groups, without the operator's own status writes making
 //! it reconcile in a loop; the examples run to Passed; an invalid LoadTest creates nothing
 //! and recovers when fixed; a finished test keeps its result and its report (`murmur
@@ -490,6 +491,47 @@ async fn the_operator_runs_scales_and_cleans_up_load_tests() -> Result<()> {
     );
     assert!(events.contains("Started"), "{events}");
     assert!(events.contains("Scaled"), "{events}");
+    // spec.stop: the test ends as any other (result, report), before its end.
+    kubectl(
+        &cp,
+        &[
+            "patch",
+            "-n",
+            NS,
+            "lt/shop",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"stop":"Graceful"}}"#,
+        ],
+    );
+    let st = poll_until(
+        "shop stopped",
+        scaled(Duration::from_secs(30)),
+        Duration::from_millis(200),
+        &[],
+        || async {
+            let st = status_of(&tests, "shop").await?;
+            matches!(st["phase"].as_str(), Some("Succeeded" | "Failed")).then_some(st)
+        },
+    )
+    .await?;
+    assert!(st["result"].is_string(), "{st}");
+    let events = kubectl(
+        &cp,
+        &[
+            "get",
+            "events",
+            "-n",
+            NS,
+            "--field-selector",
+            "involvedObject.name=shop,reason=Finished",
+        ],
+    );
+    assert!(events.contains("ended by stopped"), "{events}");
+    Api::<ConfigMap>::namespaced(admin.clone(), NS)
+        .get("shop-report")
+        .await
+        .expect("the stopped test's report is kept");
     tests
         .delete("shop", &DeleteParams::default())
         .await
