@@ -1,7 +1,7 @@
 //! A master and agents as real processes on loopback: users spread over agents exactly
 //! once while scaling, agents and the master killed with SIGKILL and restarted, a throttle
-//! shared by four agents and changed while saturated, coordinator pairs across agents, and
-//! clients that have no token or speak garbage.
+//! shared by four agents and changed while saturated, coordinator pairs across agents,
+//! clients that have no token or speak garbage, and a crash loop of masters and agents.
 //!
 //! Which user runs where is read from each agent's own `/users` endpoint (what its engine
 //! runs), not from the master's books. The tests run one at a time: they load the two
@@ -344,6 +344,33 @@ fn a_killed_agent_s_users_run_elsewhere_and_it_comes_back_without_duplicates() {
     assert_eq!(on_back, (3001..=3300).collect::<Vec<_>>());
 }
 
+/// What a 1 s window may hold beyond `limit` when counted at the senders: a send time is
+/// taken just after its permit was granted, in the same agent, but an agent busy elsewhere
+/// (two cores shared by every process of the test) may render a request a few ms after its
+/// grant. 10 ms of that is allowed: 1% of a window.
+fn with_send_jitter(limit: f64) -> f64 {
+    limit * 1.01
+}
+
+/// The send times (`?sent={{time.unix_us}}`) of the requests a target served, in order.
+fn send_times(target: &Counter) -> Vec<Duration> {
+    let mut times: Vec<Duration> = target
+        .arrivals
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, q)| {
+            let us = q
+                .strip_prefix("sent=")
+                .and_then(|t| t.parse().ok())
+                .unwrap_or_else(|| panic!("no send time in {q:?}"));
+            Duration::from_micros(us)
+        })
+        .collect();
+    times.sort();
+    times
+}
+
 /// A target that counts requests and remembers when they arrived.
 struct Counter {
     addr: SocketAddr,
@@ -459,24 +486,10 @@ spec: {{loadTest: paced, rate: 10000, interval: 1s}}
             .then_some(())
             .ok_or(st["phase"].to_string())
     });
-    let mut times: Vec<Duration> = target
-        .arrivals
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(_, q)| {
-            let us = q
-                .strip_prefix("sent=")
-                .and_then(|t| t.parse().ok())
-                .unwrap_or_else(|| panic!("no send time in {q:?}"));
-            Duration::from_micros(us)
-        })
-        .collect();
-    times.sort();
+    let times = send_times(&target);
     assert!(times.len() > 50_000, "only {} requests", times.len());
     // Sliding 1 s windows, one starting at every send. The limit of a window is the highest
-    // in force during it. A send time is taken just after the permit was granted, in the
-    // same agent; the 0.5% allowed is for that step alone (the agent busy elsewhere).
+    // in force during it.
     let limit_at = |t: Duration| -> f64 {
         if t < changed {
             10_000.0
@@ -497,7 +510,7 @@ spec: {{loadTest: paced, rate: 10000, interval: 1s}}
             worst = (ratio, n);
         }
         assert!(
-            n as f64 <= limit * 1.005,
+            n as f64 <= with_send_jitter(limit),
             "{n} requests sent in the 1 s window from {:?} (limit {limit})",
             times[i].saturating_sub(started)
         );
@@ -802,5 +815,130 @@ fn clients_without_the_token_or_speaking_garbage_are_refused() {
                 .then_some(())
                 .ok_or(metrics)
         },
+    );
+}
+
+/// Kills in a loop (the design's crash tests): the master twice, then every agent in turn,
+/// each with SIGKILL and a restart, while a throttle is saturated. After every round each
+/// user id runs exactly once; through all of it no 1 s window (at the senders) has more
+/// than the throttle's limit; and the master's request count never exceeds what the target
+/// served, nor falls behind it by more than what the killed agents had not reported yet.
+///
+/// The master goes first: counters of agents that died before a master restart are not
+/// recovered (a documented limit); a killed agent's last, unreported second dies with it.
+#[test]
+fn crash_loop_masters_and_agents_keep_users_exact_and_the_throttle_held() {
+    let _serial = serial();
+    const RATE: f64 = 1500.0;
+    let target = counter();
+    let dir = tempfile::tempdir().unwrap();
+    let file = manifest(
+        dir.path(),
+        &format!(
+            "apiVersion: murmuration.dev/v1alpha1
+kind: LoadTest
+metadata: {{name: crashes}}
+spec:
+  users: 300
+  agents: 3
+  scenario:
+    http:
+      baseUrl: http://{}
+      steps:
+        - throttle: limit
+        - request: {{name: hit, path: '/?sent={{{{time.unix_us}}}}'}}
+---
+apiVersion: murmuration.dev/v1alpha1
+kind: Throttle
+metadata: {{name: limit}}
+spec: {{loadTest: crashes, rate: {RATE}, interval: 1s}}
+",
+            target.addr
+        ),
+    );
+    let port = free_port();
+    let (mut master_proc, m) = master(&file, 3, port);
+    let mut agents: Vec<Agent> = (0..3).map(|i| agent(m, &format!("agent-{i}"))).collect();
+    let mut users = 300u64;
+    let settled = |agents: &[Agent], users: u64, what: &str| {
+        let all: Vec<&Agent> = agents.iter().collect();
+        poll(what, Duration::from_secs(20), || {
+            let st = status(m);
+            if st["phase"] != "Running" || st["agents"]["ready"] != 3 {
+                return Err(st.to_string());
+            }
+            exactly_once(&all, users)
+        });
+    };
+    settled(&agents, users, "300 users on 3 agents");
+    let mut agent_kills = 0u32;
+    for round in 0..5 {
+        if round < 2 {
+            master_proc.kill9();
+            std::thread::sleep(Duration::from_millis(500));
+            let (p, again) = master(&file, 3, port);
+            assert_eq!(again, m);
+            master_proc = p;
+            settled(&agents, users, "the restarted master running the test");
+        } else {
+            let i = round - 2;
+            agents[i].proc.kill9();
+            agent_kills += 1;
+            {
+                let survivors: Vec<&Agent> =
+                    (0..3).filter(|j| *j != i).map(|j| &agents[j]).collect();
+                poll(
+                    "the killed agent's users on the others",
+                    Duration::from_secs(15),
+                    || exactly_once(&survivors, users),
+                );
+            }
+            agents[i] = agent(m, &format!("agent-{i}"));
+            settled(&agents, users, "the agent back");
+            // New users go to the agent with the fewest: the one that came back, so that
+            // the next kills have users to move.
+            users += 60;
+            let (code, body) = http(
+                m,
+                "PUT",
+                "/api/v1/users",
+                Some(TOKEN),
+                &format!(r#"{{"users": {users}}}"#),
+            );
+            assert_eq!(code, 200, "{body}");
+            settled(&agents, users, "the new users");
+        }
+    }
+    // Counters: the agents report every second; wait for a report past the last arrival.
+    std::thread::sleep(Duration::from_millis(2500));
+    let counted = status(m)["requests"]["total"].as_i64().unwrap();
+    let served = target.arrivals.lock().unwrap().len() as i64;
+    eprintln!("crash loop: {served} requests served, {counted} counted by the master");
+    assert!(counted <= served, "{counted} counted, only {served} served");
+    // Each killed agent loses at most what it had not reported: about a second of its
+    // share (at most the whole rate), plus what was in flight.
+    let unreported = (agent_kills as f64 * RATE * 1.5) as i64;
+    assert!(
+        served - counted <= unreported,
+        "{counted} counted of {served} served: more lost than {agent_kills} agents' last second"
+    );
+    drop(agents);
+    let times = send_times(&target);
+    assert!(times.len() > 5_000, "only {} requests", times.len());
+    let mut busiest = 0;
+    let mut j = 0;
+    for i in 0..times.len() {
+        while j < times.len() && times[j] < times[i] + Duration::from_secs(1) {
+            j += 1;
+        }
+        busiest = busiest.max(j - i);
+    }
+    eprintln!(
+        "crash loop: busiest 1 s window {busiest} at {RATE}/s ({:.2}%)",
+        100.0 * busiest as f64 / RATE
+    );
+    assert!(
+        busiest as f64 <= with_send_jitter(RATE),
+        "{busiest} requests sent in one 1 s window (limit {RATE})"
     );
 }
