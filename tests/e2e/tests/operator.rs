@@ -1060,6 +1060,94 @@ spec:
         assert_nothing_left(&admin, &format!("many-{i}")).await?;
     }
 
+    // The operator killed (SIGKILL) in a loop while a test runs, and the test scaled while
+    // it is down: each restarted operator takes the edit up, creates nothing twice (the
+    // same master pod and token), and does not announce a transition again.
+    manifests::apply_yaml(&admin, &shop(40).replace("name: shop", "name: sturdy"), NS).await?;
+    wait_users("sturdy: 40 users", &tests, &kubelet, "sturdy", 2, 40).await?;
+    let master_uid = pods.get("sturdy-master").await.unwrap().metadata.uid;
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), NS);
+    let token = secrets.get("sturdy-token").await.unwrap().data;
+    for (round, users) in [60u64, 30, 50].into_iter().enumerate() {
+        let restarts = |p: &Pod| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .map(|c| c.iter().map(|c| c.restart_count).sum::<i32>())
+                .unwrap_or(0)
+        };
+        let before = restarts(&system_pods.get(&operator_name).await.unwrap());
+        let groups = kubelet.pod_pids(SYSTEM, &operator_name);
+        assert!(!groups.is_empty(), "no operator process");
+        for g in groups {
+            murmuration_e2e::procs::signal_group(g, libc::SIGKILL);
+        }
+        kubectl(
+            &cp,
+            &[
+                "scale",
+                "-n",
+                NS,
+                "lt/sturdy",
+                &format!("--replicas={users}"),
+            ],
+        );
+        poll_until(
+            format!("the operator restarted (round {round})"),
+            scaled(Duration::from_secs(30)),
+            Duration::from_millis(100),
+            &[],
+            || async {
+                let p = system_pods.get(&operator_name).await.ok()?;
+                (restarts(&p) > before).then_some(())
+            },
+        )
+        .await?;
+        let took = wait_users(
+            &format!("sturdy: {users} users after an operator crash"),
+            &tests,
+            &kubelet,
+            "sturdy",
+            2,
+            users,
+        )
+        .await?;
+        eprintln!("operator: SIGKILL + scale to {users}: running after {took:?}");
+    }
+    assert_eq!(
+        pods.get("sturdy-master").await.unwrap().metadata.uid,
+        master_uid,
+        "the master was created again"
+    );
+    assert_eq!(
+        secrets.get("sturdy-token").await.unwrap().data,
+        token,
+        "the token changed"
+    );
+    let started = kubectl(
+        &cp,
+        &[
+            "get",
+            "events",
+            "-n",
+            NS,
+            "--field-selector",
+            "involvedObject.name=sturdy,reason=Started",
+            "-o",
+            "name",
+        ],
+    );
+    assert_eq!(
+        started.lines().count(),
+        1,
+        "Started told more than once: {started}"
+    );
+    tests
+        .delete("sturdy", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert_nothing_left(&admin, "sturdy").await?;
+
     // The operator pod deleted (SIGTERM): it finishes, gives its Lease up, and the
     // Deployment's next pod leads well before the lease (15 s) would have expired.
     let t = Instant::now();
