@@ -11,7 +11,8 @@
 //! report`) after its pods are gone; a master that never answers fails its test with the
 //! pod's state; `cleanup.policy: Never` keeps the pods and the TTL takes the test;
 //! `kubectl delete` leaves nothing behind; twenty tests at once (the operator's memory);
-//! a deleted operator pod hands its Lease over at once.
+//! the operator killed (SIGKILL) three times while its test is scaled takes every edit up
+//! and creates nothing twice; a deleted operator pod hands its Lease over at once.
 //!
 //! Which users run where is read from each agent pod's own `/users` endpoint.
 
