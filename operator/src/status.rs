@@ -138,6 +138,52 @@ fn phase_of(master: &MasterStatus) -> Phase {
     }
 }
 
+/// Condition `Invalid` false: the operator could run the spec.
+fn spec_valid(prev: &[Condition], generation: i64, now: &Time) -> Condition {
+    condition(
+        prev,
+        "Invalid",
+        false,
+        "SpecValid",
+        "the spec is valid".into(),
+        generation,
+        now,
+    )
+}
+
+/// The conditions of a valid test whose master does not answer: not `Ready`, and
+/// `Progressing` or not, for `why`, with the reasons `(ready, progressing)`.
+fn without_answer(
+    prev: &[Condition],
+    (ready_reason, progressing_reason): (&str, &str),
+    why: &str,
+    progressing: bool,
+    generation: i64,
+    now: &Time,
+) -> Vec<Condition> {
+    vec![
+        spec_valid(prev, generation, now),
+        condition(
+            prev,
+            "Ready",
+            false,
+            ready_reason,
+            why.to_owned(),
+            generation,
+            now,
+        ),
+        condition(
+            prev,
+            "Progressing",
+            progressing,
+            progressing_reason,
+            why.to_owned(),
+            generation,
+            now,
+        ),
+    ]
+}
+
 fn condition(
     prev: &[Condition],
     type_: &str,
@@ -218,35 +264,14 @@ pub fn without_master(lt: &LoadTest, why: &str, now: &Time) -> LoadTestStatus {
         .agents
         .get_or_insert_with(AgentCounts::default)
         .desired = lt.spec.agents as i64;
-    status.conditions = vec![
-        condition(
-            &prev.conditions,
-            "Invalid",
-            false,
-            "SpecValid",
-            "the spec is valid".into(),
-            generation,
-            now,
-        ),
-        condition(
-            &prev.conditions,
-            "Ready",
-            false,
-            "MasterUnreachable",
-            why.to_owned(),
-            generation,
-            now,
-        ),
-        condition(
-            &prev.conditions,
-            "Progressing",
-            phase < Phase::Stopping,
-            "PodsStarting",
-            why.to_owned(),
-            generation,
-            now,
-        ),
-    ];
+    status.conditions = without_answer(
+        &prev.conditions,
+        ("MasterUnreachable", "PodsStarting"),
+        why,
+        phase < Phase::Stopping,
+        generation,
+        now,
+    );
     status
 }
 
@@ -364,15 +389,7 @@ pub fn from_master(
             None
         },
         conditions: vec![
-            condition(
-                &prev.conditions,
-                "Invalid",
-                false,
-                "SpecValid",
-                "the spec is valid".into(),
-                generation,
-                now,
-            ),
+            spec_valid(&prev.conditions, generation, now),
             condition(
                 &prev.conditions,
                 "Ready",
@@ -572,35 +589,14 @@ pub fn failed_to_start(lt: &LoadTest, why: &str, now: &Time) -> (LoadTestStatus,
     status.observed_generation = Some(generation);
     status.message = Some(why.to_owned());
     status.completion_time = Some(now.clone());
-    status.conditions = vec![
-        condition(
-            &prev.conditions,
-            "Invalid",
-            false,
-            "SpecValid",
-            "the spec is valid".into(),
-            generation,
-            now,
-        ),
-        condition(
-            &prev.conditions,
-            "Ready",
-            false,
-            "MasterDidNotStart",
-            why.to_owned(),
-            generation,
-            now,
-        ),
-        condition(
-            &prev.conditions,
-            "Progressing",
-            false,
-            "MasterDidNotStart",
-            why.to_owned(),
-            generation,
-            now,
-        ),
-    ];
+    status.conditions = without_answer(
+        &prev.conditions,
+        ("MasterDidNotStart", "MasterDidNotStart"),
+        why,
+        false,
+        generation,
+        now,
+    );
     let events = vec![Transition::Finished {
         result: TestResult::Failed,
         message: why.to_owned(),
