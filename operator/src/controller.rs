@@ -87,8 +87,9 @@ struct Memo {
     report_failing_since: Option<Instant>,
     /// The settings last pushed to the master ([`settings_key`]), and when.
     pushed: Option<(String, Instant)>,
-    /// The edits the running test does not take, as last told in an Event.
-    edits_told: Vec<String>,
+    /// The generation last compared with the master's spec, and the edits the running
+    /// test does not take as last told in an Event.
+    edits_told: Option<(i64, Vec<String>)>,
 }
 
 /// What identifies the settings of a test: the generations of its spec and of its
@@ -235,8 +236,8 @@ where
 }
 
 /// The test a Throttle or Coordinator belongs to.
-fn test_of(namespace: Option<String>, load_test: Option<&String>) -> Option<ObjectRef<LoadTest>> {
-    Some(ObjectRef::new(load_test?).within(&namespace?))
+fn test_of(part: &impl TestPart) -> Option<ObjectRef<LoadTest>> {
+    Some(ObjectRef::new(part.load_test()?).within(part.meta().namespace.as_deref()?))
 }
 
 /// Runs the controller until `shutdown` completes.
@@ -269,12 +270,8 @@ pub async fn run(
     let controller = Controller::for_stream(spec_changes(tests), ctx.tests.clone())
         .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
         .owns(Api::<Pod>::all(client.clone()), owned)
-        .watches_stream(spec_changes(throttles), |t| {
-            test_of(t.namespace(), t.spec.load_test.as_ref())
-        })
-        .watches_stream(spec_changes(coordinators), |c| {
-            test_of(c.namespace(), c.spec.load_test.as_ref())
-        })
+        .watches_stream(spec_changes(throttles), |t| test_of(&t))
+        .watches_stream(spec_changes(coordinators), |c| test_of(&c))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx.clone());
     controller
@@ -347,8 +344,7 @@ async fn reconcile_inner(lt: &LoadTest, ctx: &Context) -> Result<Action, Error> 
     }
     // Build and apply.
     let token = ensure_token(lt, ctx).await?;
-    let manifests = build::test_manifests(lt, &throttles, &coordinators);
-    let master_pod = ensure_master(lt, ctx, &manifests).await?;
+    let master_pod = ensure_master(lt, ctx, &throttles, &coordinators).await?;
     apply(ctx, &ns, &build::master_service(lt)).await?;
     apply(ctx, &ns, &build::agents(lt, &ctx.pods)).await?;
     // Push the live settings, and read the master's state.
@@ -433,6 +429,33 @@ async fn reconcile_inner(lt: &LoadTest, ctx: &Context) -> Result<Action, Error> 
     }))
 }
 
+/// A Throttle or a Coordinator: a part of the test that `spec.loadTest` names.
+trait TestPart:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+{
+    /// The kind, for messages.
+    const KIND: &'static str;
+    /// The test it belongs to.
+    fn load_test(&self) -> Option<&str>;
+}
+
+impl TestPart for Throttle {
+    const KIND: &'static str = "Throttle";
+    fn load_test(&self) -> Option<&str> {
+        self.spec.load_test.as_deref()
+    }
+}
+
+impl TestPart for Coordinator {
+    const KIND: &'static str = "Coordinator";
+    fn load_test(&self) -> Option<&str> {
+        self.spec.load_test.as_deref()
+    }
+}
+
 /// The Throttles and Coordinators of a test, from the caches. A name a step uses but the
 /// cache does not have yet (applied with the test a moment ago, or the operator just
 /// started) is looked up in the API before the test is called invalid for it.
@@ -441,57 +464,43 @@ async fn parts_of(
     ns: &str,
     test: &str,
 ) -> Result<(Vec<Throttle>, Vec<Coordinator>), Error> {
-    let mine = |n: Option<&String>, m: Option<&String>| {
-        n.map(String::as_str) == Some(ns) && m.map(String::as_str) == Some(test)
-    };
-    let mut throttles: Vec<Throttle> = ctx
-        .throttles
-        .state()
-        .iter()
-        .filter(|t| mine(t.metadata.namespace.as_ref(), t.spec.load_test.as_ref()))
-        .map(|t| (**t).clone())
-        .collect();
-    let mut coordinators: Vec<Coordinator> = ctx
-        .coordinators
-        .state()
-        .iter()
-        .filter(|c| mine(c.metadata.namespace.as_ref(), c.spec.load_test.as_ref()))
-        .map(|c| (**c).clone())
-        .collect();
-    let lt = ctx
+    let (want_t, want_c) = ctx
         .tests
         .get(&ObjectRef::new(test).within(ns))
-        .map(|t| t.spec.clone());
-    if let Some(spec) = lt {
-        let (want_t, want_c) = crate::validate::names_used(&spec);
-        for n in want_t {
-            if !throttles
-                .iter()
-                .any(|t| t.metadata.name.as_deref() == Some(&n))
-            {
-                let got = Api::<Throttle>::namespaced(ctx.client.clone(), ns)
-                    .get_opt(&n)
-                    .await
-                    .map_err(kube_err(format!("read Throttle {n}")))?;
-                throttles.extend(got.filter(|t| t.spec.load_test.as_deref() == Some(test)));
-            }
-        }
-        for n in want_c {
-            if !coordinators
-                .iter()
-                .any(|c| c.metadata.name.as_deref() == Some(&n))
-            {
-                let got = Api::<Coordinator>::namespaced(ctx.client.clone(), ns)
-                    .get_opt(&n)
-                    .await
-                    .map_err(kube_err(format!("read Coordinator {n}")))?;
-                coordinators.extend(got.filter(|c| c.spec.load_test.as_deref() == Some(test)));
-            }
+        .map(|t| crate::validate::names_used(&t.spec))
+        .unwrap_or_default();
+    Ok((
+        parts(ctx, &ctx.throttles, ns, test, want_t).await?,
+        parts(ctx, &ctx.coordinators, ns, test, want_c).await?,
+    ))
+}
+
+/// The parts of one kind of test `test` in `ns`, by name: those in `cache`, and those of
+/// `wanted` read from the API.
+async fn parts<K: TestPart>(
+    ctx: &Context,
+    cache: &Store<K>,
+    ns: &str,
+    test: &str,
+    wanted: Vec<String>,
+) -> Result<Vec<K>, Error> {
+    let mut found: Vec<K> = cache
+        .state()
+        .iter()
+        .filter(|p| p.meta().namespace.as_deref() == Some(ns) && p.load_test() == Some(test))
+        .map(|p| (**p).clone())
+        .collect();
+    for n in wanted {
+        if !found.iter().any(|p| p.meta().name.as_deref() == Some(&n)) {
+            let got = Api::<K>::namespaced(ctx.client.clone(), ns)
+                .get_opt(&n)
+                .await
+                .map_err(kube_err(format!("read {} {n}", K::KIND)))?;
+            found.extend(got.filter(|p| p.load_test() == Some(test)));
         }
     }
-    throttles.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    coordinators.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    Ok((throttles, coordinators))
+    found.sort_by(|a, b| a.meta().name.cmp(&b.meta().name));
+    Ok(found)
 }
 
 /// The token of the test: created once, kept for the life of the test.
@@ -546,7 +555,8 @@ async fn ensure_token(lt: &LoadTest, ctx: &Context) -> Result<String, Error> {
 async fn ensure_master(
     lt: &LoadTest,
     ctx: &Context,
-    manifests: &str,
+    throttles: &[Throttle],
+    coordinators: &[Coordinator],
 ) -> Result<Option<Pod>, Error> {
     let ns = lt.namespace().unwrap_or_default();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
@@ -561,7 +571,11 @@ async fn ensure_master(
     match pods
         .create(
             &PostParams::default(),
-            &build::master_pod(lt, manifests, &ctx.pods),
+            &build::master_pod(
+                lt,
+                &build::test_manifests(lt, throttles, coordinators),
+                &ctx.pods,
+            ),
         )
         .await
     {
@@ -757,13 +771,17 @@ async fn write_status(ctx: &Context, lt: &LoadTest, status: &LoadTestStatus) -> 
 /// Edits the running test does not take, told when they change (not at every scale): the
 /// spec the master started with is in its pod.
 fn edits_not_taken(lt: &LoadTest, ctx: &Context, master: Option<&Pod>) -> Option<Transition> {
+    let generation = lt.metadata.generation.unwrap_or(0);
+    let uid = lt.metadata.uid.clone().unwrap_or_default();
+    // A spec compared once is not parsed again at every follow-up poll.
+    let told = ctx.memo(&uid, |m| m.edits_told.clone());
+    if told.as_ref().is_some_and(|(g, _)| *g == generation) {
+        return None;
+    }
     let started = build::started_spec(master?)?;
     let fields = status::edits_not_taken(&started, &lt.spec);
-    let uid = lt.metadata.uid.clone().unwrap_or_default();
-    let told = ctx.memo(&uid, |m| {
-        std::mem::replace(&mut m.edits_told, fields.clone()) == fields
-    });
-    if fields.is_empty() || told {
+    ctx.memo(&uid, |m| m.edits_told = Some((generation, fields.clone())));
+    if fields.is_empty() || told.is_some_and(|(_, f)| f == fields) {
         return None;
     }
     tracing::warn!(?fields, "edits the running test does not take");
