@@ -371,6 +371,53 @@ fn send_times(target: &Counter) -> Vec<Duration> {
     times
 }
 
+/// The 1 s windows of sorted `times`, one starting at each: its sends.
+fn one_second_windows(times: &[Duration]) -> impl Iterator<Item = &[Duration]> {
+    let mut end = 0;
+    (0..times.len()).map(move |start| {
+        while end < times.len() && times[end] < times[start] + Duration::from_secs(1) {
+            end += 1;
+        }
+        &times[start..end]
+    })
+}
+
+/// A test of `users` on `agents` that do nothing but take a permit of Throttle `limit`
+/// (`rate` per second) and send one request to `target`, which carries its send time:
+/// windows are judged at the senders, where the throttle's promise is, not after the
+/// target's own queueing.
+fn saturated_test(
+    name: &str,
+    users: u64,
+    agents: u32,
+    extra: &str,
+    rate: f64,
+    target: &Counter,
+) -> String {
+    format!(
+        "apiVersion: murmuration.dev/v1alpha1
+kind: LoadTest
+metadata: {{name: {name}}}
+spec:
+  users: {users}
+  agents: {agents}
+  {extra}
+  scenario:
+    http:
+      baseUrl: http://{}
+      steps:
+        - throttle: limit
+        - request: {{name: hit, path: '/?sent={{{{time.unix_us}}}}'}}
+---
+apiVersion: murmuration.dev/v1alpha1
+kind: Throttle
+metadata: {{name: limit}}
+spec: {{loadTest: {name}, rate: {rate}, interval: 1s}}
+",
+        target.addr
+    )
+}
+
 /// A target that counts requests and remembers when they arrived.
 struct Counter {
     addr: SocketAddr,
@@ -430,30 +477,7 @@ fn a_throttle_shared_by_four_agents_holds_its_limit_and_follows_a_change() {
     let dir = tempfile::tempdir().unwrap();
     let file = manifest(
         dir.path(),
-        &format!(
-            "apiVersion: murmuration.dev/v1alpha1
-kind: LoadTest
-metadata: {{name: paced}}
-spec:
-  users: 200
-  agents: 4
-  duration: 20s
-  scenario:
-    http:
-      baseUrl: http://{}
-      steps:
-        - throttle: shared
-        # The send time travels with the request: windows are judged at the senders,
-        # where the throttle's promise is, not after the target's own queueing.
-        - request: {{name: hit, path: '/?sent={{{{time.unix_us}}}}'}}
----
-apiVersion: murmuration.dev/v1alpha1
-kind: Throttle
-metadata: {{name: shared}}
-spec: {{loadTest: paced, rate: 10000, interval: 1s}}
-",
-            target.addr
-        ),
+        &saturated_test("paced", 200, 4, "duration: 20s", 10_000.0, &target),
     );
     let (_m, m) = master(&file, 4, 0);
     let _agents: Vec<Agent> = (0..4).map(|i| agent(m, &format!("agent-{i}"))).collect();
@@ -473,7 +497,7 @@ spec: {{loadTest: paced, rate: 10000, interval: 1s}}
     let (code, body) = http(
         m,
         "PUT",
-        "/api/v1/throttles/shared",
+        "/api/v1/throttles/limit",
         Some(TOKEN),
         r#"{"loadTest": "paced", "rate": 2000, "interval": "1s"}"#,
     );
@@ -498,13 +522,9 @@ spec: {{loadTest: paced, rate: 10000, interval: 1s}}
         }
     };
     let mut worst = (0.0f64, 0usize);
-    let mut j = 0;
-    for i in 0..times.len() {
-        while j < times.len() && times[j] < times[i] + Duration::from_secs(1) {
-            j += 1;
-        }
-        let n = j - i;
-        let limit = limit_at(times[i]).max(limit_at(times[j - 1]));
+    for window in one_second_windows(&times) {
+        let n = window.len();
+        let limit = limit_at(window[0]).max(limit_at(window[n - 1]));
         let ratio = n as f64 / limit;
         if ratio > worst.0 {
             worst = (ratio, n);
@@ -512,7 +532,7 @@ spec: {{loadTest: paced, rate: 10000, interval: 1s}}
         assert!(
             n as f64 <= with_send_jitter(limit),
             "{n} requests sent in the 1 s window from {:?} (limit {limit})",
-            times[i].saturating_sub(started)
+            window[0].saturating_sub(started)
         );
     }
     eprintln!(
@@ -834,27 +854,7 @@ fn crash_loop_masters_and_agents_keep_users_exact_and_the_throttle_held() {
     let dir = tempfile::tempdir().unwrap();
     let file = manifest(
         dir.path(),
-        &format!(
-            "apiVersion: murmuration.dev/v1alpha1
-kind: LoadTest
-metadata: {{name: crashes}}
-spec:
-  users: 300
-  agents: 3
-  scenario:
-    http:
-      baseUrl: http://{}
-      steps:
-        - throttle: limit
-        - request: {{name: hit, path: '/?sent={{{{time.unix_us}}}}'}}
----
-apiVersion: murmuration.dev/v1alpha1
-kind: Throttle
-metadata: {{name: limit}}
-spec: {{loadTest: crashes, rate: {RATE}, interval: 1s}}
-",
-            target.addr
-        ),
+        &saturated_test("crashes", 300, 3, "", RATE, &target),
     );
     let port = free_port();
     let (mut master_proc, m) = master(&file, 3, port);
@@ -925,14 +925,10 @@ spec: {{loadTest: crashes, rate: {RATE}, interval: 1s}}
     drop(agents);
     let times = send_times(&target);
     assert!(times.len() > 5_000, "only {} requests", times.len());
-    let mut busiest = 0;
-    let mut j = 0;
-    for i in 0..times.len() {
-        while j < times.len() && times[j] < times[i] + Duration::from_secs(1) {
-            j += 1;
-        }
-        busiest = busiest.max(j - i);
-    }
+    let busiest = one_second_windows(&times)
+        .map(<[_]>::len)
+        .max()
+        .unwrap_or(0);
     eprintln!(
         "crash loop: busiest 1 s window {busiest} at {RATE}/s ({:.2}%)",
         100.0 * busiest as f64 / RATE
