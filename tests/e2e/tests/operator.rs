@@ -56,6 +56,34 @@ fn kubectl(cp: &ControlPlane, args: &[&str]) -> String {
     text
 }
 
+/// `kubectl patch` of LoadTest `test`'s with a JSON merge patch, as a user edits it.
+fn patch_test(cp: &ControlPlane, test: &str, patch: &str) -> String {
+    kubectl(
+        cp,
+        &[
+            "patch",
+            "-n",
+            NS,
+            &format!("lt/{test}"),
+            "--type=merge",
+            "-p",
+            patch,
+        ],
+    )
+}
+
+/// `kubectl get events` of LoadTest `test` (those matching `selector` too, such as
+/// `reason=Started`), then `more` arguments (an output format).
+fn events_of(cp: &ControlPlane, test: &str, selector: &str, more: &[&str]) -> String {
+    let mut fields = format!("involvedObject.name={test}");
+    if !selector.is_empty() {
+        fields = format!("{fields},{selector}");
+    }
+    let mut args = vec!["get", "events", "-n", NS, "--field-selector", &fields];
+    args.extend(more);
+    kubectl(cp, &args)
+}
+
 /// Lints and installs the chart with the Helm SDK; returns the lint messages.
 fn helm_install(kubeconfig: &Path) -> String {
     let chart = binaries::workspace_root().join("charts/murmuration");
@@ -133,6 +161,28 @@ fn exactly_once(sets: &[Vec<u64>], n: u64) -> bool {
 async fn status_of(api: &Api<LoadTest>, name: &str) -> Option<serde_json::Value> {
     let lt = api.get(name).await.ok()?;
     serde_json::to_value(lt.status?).ok()
+}
+
+/// Waits until test `name` has finished (Succeeded or Failed: phases that never change
+/// again) and returns its status; the pods' logs are printed if it does not in `within`.
+async fn wait_finished(
+    api: &Api<LoadTest>,
+    kubelet: &TestKubelet,
+    name: &str,
+    within: Duration,
+) -> Result<serde_json::Value> {
+    poll_until(
+        format!("{name} finished"),
+        scaled(within),
+        Duration::from_millis(250),
+        &[],
+        || async {
+            let st = status_of(api, name).await?;
+            matches!(st["phase"].as_str(), Some("Succeeded" | "Failed")).then_some(st)
+        },
+    )
+    .await
+    .inspect_err(|_| eprintln!("{}", kubelet.dump_logs()))
 }
 
 async fn wait_users(
@@ -318,18 +368,7 @@ async fn the_operator_runs_scales_and_cleans_up_load_tests() -> Result<()> {
         40,
     )
     .await?;
-    kubectl(
-        &cp,
-        &[
-            "patch",
-            "-n",
-            NS,
-            "lt/shop",
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"users":60}}"#,
-        ],
-    );
+    patch_test(&cp, "shop", r#"{"spec":{"users":60}}"#);
     wait_users(
         "60 users after kubectl patch",
         &tests,
@@ -342,35 +381,14 @@ async fn the_operator_runs_scales_and_cleans_up_load_tests() -> Result<()> {
 
     // An edit the running test cannot take (its master read it at the start) is not
     // silently dropped: a Warning Event names the field, and the test goes on as it was.
-    kubectl(
-        &cp,
-        &[
-            "patch",
-            "-n",
-            NS,
-            "lt/shop",
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"duration":"1h"}}"#,
-        ],
-    );
+    patch_test(&cp, "shop", r#"{"spec":{"duration":"1h"}}"#);
     poll_until(
         "an EditIgnored Event naming spec.duration",
         scaled(Duration::from_secs(15)),
         Duration::from_millis(300),
         &[],
         || async {
-            let events = kubectl(
-                &cp,
-                &[
-                    "get",
-                    "events",
-                    "-n",
-                    NS,
-                    "--field-selector",
-                    "involvedObject.name=shop,reason=EditIgnored",
-                ],
-            );
+            let events = events_of(&cp, "shop", "reason=EditIgnored", &[]);
             events.contains("spec.duration changed").then_some(())
         },
     )
@@ -398,36 +416,14 @@ async fn the_operator_runs_scales_and_cleans_up_load_tests() -> Result<()> {
             .await
         }
     };
-    kubectl(
-        &cp,
-        &[
-            "patch",
-            "-n",
-            NS,
-            "lt/shop",
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"agents":3}}"#,
-        ],
-    );
+    patch_test(&cp, "shop", r#"{"spec":{"agents":3}}"#);
     agents_ready(3).await?;
     kubectl(&cp, &["scale", "-n", NS, "lt/shop", "--replicas=90"]);
     wait_users("90 users on 3 agents", &tests, &kubelet, "shop", 3, 90).await?;
     let on_third = users_of(&kubelet, "shop", 3).unwrap()[2].len();
     eprintln!("operator: agents 2 → 3, then users 60 → 90: {on_third} users on the new agent");
     assert!(on_third > 0, "the new agent runs no user");
-    kubectl(
-        &cp,
-        &[
-            "patch",
-            "-n",
-            NS,
-            "lt/shop",
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"agents":2,"users":60}}"#,
-        ],
-    );
+    patch_test(&cp, "shop", r#"{"spec":{"agents":2,"users":60}}"#);
     agents_ready(2).await?;
     poll_until(
         "shop-agent-2 gone",
@@ -479,55 +475,14 @@ async fn the_operator_runs_scales_and_cleans_up_load_tests() -> Result<()> {
         60,
     )
     .await?;
-    let events = kubectl(
-        &cp,
-        &[
-            "get",
-            "events",
-            "-n",
-            NS,
-            "--field-selector",
-            "involvedObject.name=shop",
-        ],
-    );
+    let events = events_of(&cp, "shop", "", &[]);
     assert!(events.contains("Started"), "{events}");
     assert!(events.contains("Scaled"), "{events}");
     // spec.stop: the test ends as any other (result, report), before its end.
-    kubectl(
-        &cp,
-        &[
-            "patch",
-            "-n",
-            NS,
-            "lt/shop",
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"stop":"Graceful"}}"#,
-        ],
-    );
-    let st = poll_until(
-        "shop stopped",
-        scaled(Duration::from_secs(30)),
-        Duration::from_millis(200),
-        &[],
-        || async {
-            let st = status_of(&tests, "shop").await?;
-            matches!(st["phase"].as_str(), Some("Succeeded" | "Failed")).then_some(st)
-        },
-    )
-    .await?;
+    patch_test(&cp, "shop", r#"{"spec":{"stop":"Graceful"}}"#);
+    let st = wait_finished(&tests, &kubelet, "shop", Duration::from_secs(30)).await?;
     assert!(st["result"].is_string(), "{st}");
-    let events = kubectl(
-        &cp,
-        &[
-            "get",
-            "events",
-            "-n",
-            NS,
-            "--field-selector",
-            "involvedObject.name=shop,reason=Finished",
-        ],
-    );
+    let events = events_of(&cp, "shop", "reason=Finished", &[]);
     assert!(events.contains("ended by stopped"), "{events}");
     Api::<ConfigMap>::namespaced(admin.clone(), NS)
         .get("shop-report")
@@ -704,18 +659,7 @@ spec:
     // messaging example's error threshold allows for.
     for (name, example) in [("checkout", &http_example), ("chat", &chat_example)] {
         manifests::apply_yaml(&admin, example, NS).await?;
-        let st = poll_until(
-            format!("example {name} finished"),
-            scaled(Duration::from_secs(120)),
-            Duration::from_millis(500),
-            &[],
-            || async {
-                let st = status_of(&tests, name).await?;
-                matches!(st["phase"].as_str(), Some("Succeeded" | "Failed")).then_some(st)
-            },
-        )
-        .await
-        .inspect_err(|_| eprintln!("{}", kubelet.dump_logs()))?;
+        let st = wait_finished(&tests, &kubelet, name, Duration::from_secs(120)).await?;
         assert_eq!(st["result"], "Passed", "example {name}: {st}");
         assert!(st["requests"]["total"].as_i64().unwrap() > 0, "{st}");
         eprintln!(
@@ -788,17 +732,7 @@ spec:
             .contains("spec.scenario.http.steps[0].throttle"),
         "{st}"
     );
-    let events = kubectl(
-        &cp,
-        &[
-            "get",
-            "events",
-            "-n",
-            NS,
-            "--field-selector",
-            "involvedObject.name=bad",
-        ],
-    );
+    let events = events_of(&cp, "bad", "", &[]);
     assert!(
         events.contains("Invalid") && events.contains("steps[0].throttle"),
         "{events}"
@@ -817,18 +751,8 @@ spec:
         .replace("        - throttle: nowhere\n", "")
         .replace("  duration: 3s\n", "  duration: 3s\n  cleanup: {policy: Always}\n  thresholds:\n    - {metric: errors.ratio, max: \"0.01\"}\n");
     manifests::apply_yaml(&admin, &fixed, NS).await?;
-    let st = poll_until(
-        "the fixed test finished",
-        scaled(Duration::from_secs(90)),
-        Duration::from_millis(250),
-        &[],
-        || async {
-            let st = status_of(&tests, "bad").await?;
-            (st["phase"] == "Succeeded").then_some(st)
-        },
-    )
-    .await
-    .inspect_err(|_| eprintln!("{}", kubelet.dump_logs()))?;
+    let st = wait_finished(&tests, &kubelet, "bad", Duration::from_secs(90)).await?;
+    assert_eq!(st["phase"], "Succeeded", "{st}");
     assert_eq!(st["result"], "Passed", "{st}");
     assert_eq!(st["thresholds"][0]["passed"], true, "{st}");
     assert!(st["requests"]["total"].as_i64().unwrap() > 0, "{st}");
@@ -893,17 +817,8 @@ spec:
         NS,
     )
     .await?;
-    let st = poll_until(
-        "the stuck test Failed",
-        scaled(Duration::from_secs(30)),
-        Duration::from_millis(250),
-        &[],
-        || async {
-            let st = status_of(&tests, "stuck").await?;
-            (st["phase"] == "Failed").then_some(st)
-        },
-    )
-    .await?;
+    let st = wait_finished(&tests, &kubelet, "stuck", Duration::from_secs(30)).await?;
+    assert_eq!(st["phase"], "Failed", "{st}");
     assert_eq!(st["result"], "Failed", "{st}");
     let why = st["message"].as_str().unwrap();
     assert!(
@@ -937,18 +852,8 @@ spec:
         NS,
     )
     .await?;
-    poll_until(
-        "the brief test Succeeded",
-        scaled(Duration::from_secs(60)),
-        Duration::from_millis(200),
-        &[],
-        || async {
-            let st = status_of(&tests, "brief").await?;
-            (st["phase"] == "Succeeded").then_some(())
-        },
-    )
-    .await
-    .inspect_err(|_| eprintln!("{}", kubelet.dump_logs()))?;
+    let st = wait_finished(&tests, &kubelet, "brief", Duration::from_secs(60)).await?;
+    assert_eq!(st["phase"], "Succeeded", "{st}");
     let kept = pods
         .list(&ListParams::default().labels("murmuration.dev/loadtest=brief"))
         .await
@@ -1125,19 +1030,7 @@ spec:
         token,
         "the token changed"
     );
-    let started = kubectl(
-        &cp,
-        &[
-            "get",
-            "events",
-            "-n",
-            NS,
-            "--field-selector",
-            "involvedObject.name=sturdy,reason=Started",
-            "-o",
-            "name",
-        ],
-    );
+    let started = events_of(&cp, "sturdy", "reason=Started", &["-o", "name"]);
     assert_eq!(
         started.lines().count(),
         1,
