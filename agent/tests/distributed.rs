@@ -909,19 +909,27 @@ fn crash_loop_masters_and_agents_keep_users_exact_and_the_throttle_held() {
             settled(&agents, users, "the new users");
         }
     }
-    // Counters: the agents report every second; wait for a report past the last arrival.
-    std::thread::sleep(Duration::from_millis(2500));
-    let counted = status(m)["requests"]["total"].as_i64().unwrap();
+    // Counters: the traffic stops (no users), so that what was served is final; then the
+    // agents' next reports bring the master's count to it, short of what the killed agents
+    // had not reported: about a second of each one's share (at most the whole rate), plus
+    // what was in flight.
+    let (code, body) = http(m, "PUT", "/api/v1/users", Some(TOKEN), r#"{"users": 0}"#);
+    assert_eq!(code, 200, "{body}");
+    settled(&agents, 0, "no users");
     let served = target.arrivals.lock().unwrap().len() as i64;
-    eprintln!("crash loop: {served} requests served, {counted} counted by the master");
-    assert!(counted <= served, "{counted} counted, only {served} served");
-    // Each killed agent loses at most what it had not reported: about a second of its
-    // share (at most the whole rate), plus what was in flight.
     let unreported = (agent_kills as f64 * RATE * 1.5) as i64;
-    assert!(
-        served - counted <= unreported,
-        "{counted} counted of {served} served: more lost than {agent_kills} agents' last second"
+    let counted = poll(
+        "the master's count up to what was served",
+        Duration::from_secs(10),
+        || {
+            let counted = status(m)["requests"]["total"].as_i64().unwrap();
+            assert!(counted <= served, "{counted} counted, only {served} served");
+            (served - counted <= unreported).then_some(counted).ok_or(format!(
+                "{counted} counted of {served} served: more lost than {agent_kills} agents' last second"
+            ))
+        },
     );
+    eprintln!("crash loop: {served} requests served, {counted} counted by the master");
     drop(agents);
     let times = send_times(&target);
     assert!(times.len() > 5_000, "only {} requests", times.len());
