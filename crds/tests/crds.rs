@@ -120,6 +120,31 @@ fn every_spec_field_is_documented_for_kubectl_explain() {
     }
 }
 
+/// A field with a fixed list of values is described by its own doc, which names its values,
+/// not by its type's (which the schema's inlining used to put in its place).
+#[test]
+fn fields_with_fixed_values_name_them_for_kubectl_explain() {
+    for (file, def) in crd::all() {
+        let json = serde_json::to_value(&def).unwrap();
+        walk(file, &json, &mut |path, map| {
+            let Some(Value::Array(values)) = map.get("enum") else {
+                return;
+            };
+            let description = map
+                .get("description")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            assert!(
+                values
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .any(|v| description.contains(&format!("`{v}`"))),
+                "{path}: {description:?} names none of {values:?}"
+            );
+        });
+    }
+}
+
 #[test]
 fn loadtest_has_scale_subresource_short_names_and_columns() {
     let def = crd::all()
