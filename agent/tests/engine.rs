@@ -170,10 +170,15 @@ async fn duration_ends_the_test() {
     );
 }
 
+/// What the README promises: ids 1..N, each exactly once, added at `userRate`. The engine
+/// hands ids out in order, one every `1 / userRate`, never early; with several worker
+/// threads two users handed out 20 ms apart may still run their first line in either
+/// order, so the order in which they are *seen* starting is not promised and not checked.
 #[tokio::test]
-async fn users_start_at_the_user_rate_in_id_order() {
+async fn users_start_at_the_user_rate_each_id_once() {
     let j = Recorder::default();
     let (_tx, rx) = mpsc::unbounded_channel();
+    let t0 = Instant::now();
     run(
         "users: 20\nuserRate: 50/s\nrepeat: {times: 1}\nscenario: {custom: {name: recorder, config: {sleepMs: 1}}}",
         &j,
@@ -181,28 +186,26 @@ async fn users_start_at_the_user_rate_in_id_order() {
     )
     .await;
     let journal = j.0.lock();
-    let starts: Vec<Instant> = journal.first_start.values().copied().collect();
-    assert_eq!(starts.len(), 20);
-    // 20 users at 50/s: the last starts about 19 * 20 ms after the first.
-    let spread = starts[19].duration_since(starts[0]);
-    assert!(
-        spread >= Duration::from_millis(340),
-        "users started too fast: {spread:?}"
+    assert_eq!(
+        journal.started.keys().copied().collect::<Vec<_>>(),
+        (1..=20).collect::<Vec<_>>(),
+        "each id once"
     );
     assert!(
-        spread < Duration::from_millis(2000),
-        "users started too slowly: {spread:?}"
+        journal.started.values().all(|n| *n == 1),
+        "{:?}",
+        journal.started
     );
-    let ids: Vec<u64> = {
-        let mut v: Vec<(Instant, u64)> = journal
-            .first_start
-            .iter()
-            .map(|(id, t)| (*t, *id))
-            .collect();
-        v.sort();
-        v.into_iter().map(|(_, id)| id).collect()
-    };
-    assert_eq!(ids, (1..=20).collect::<Vec<_>>(), "ids start in order");
+    // 50/s: user k is handed out no earlier than k * 20 ms after the test began, however
+    // fast or slow the machine (a slow one only starts them later).
+    for (id, at) in &journal.first_start {
+        let due = Duration::from_millis(20 * id);
+        assert!(
+            at.duration_since(t0) >= due,
+            "user {id} started {:?} after the start, before its turn at {due:?}",
+            at.duration_since(t0)
+        );
+    }
 }
 
 #[tokio::test]
@@ -398,7 +401,20 @@ async fn a_user_removed_and_added_back_before_it_ended_runs_once() {
         // Users 11..20 are in a 300 ms iteration: remove them and add them back at once.
         tx.send(Command::SetUsers(10)).unwrap();
         tx.send(Command::SetUsers(20)).unwrap();
-        tokio::time::sleep(Duration::from_millis(800)).await;
+        // Revived, they go on iterating: every user finishes three more iterations.
+        let from: BTreeMap<u64, u64> = journal.0.lock().finished.clone();
+        eventually(
+            "every user, revived ones too, three iterations further",
+            Duration::from_secs(30),
+            || {
+                let j = journal.0.lock();
+                (1..=20).all(|id| {
+                    j.finished.get(&id).copied().unwrap_or(0)
+                        >= from.get(&id).copied().unwrap_or(0) + 3
+                })
+            },
+        )
+        .await;
         tx.send(Command::Stop { forced: false }).unwrap();
         std::future::pending::<()>().await;
     });
@@ -413,10 +429,6 @@ async fn a_user_removed_and_added_back_before_it_ended_runs_once() {
     let journal = j.0.lock();
     assert_eq!(journal.started.len(), 20);
     for (id, n) in &journal.started {
-        assert!(
-            *n >= 3,
-            "user {id} ran {n} iterations in ~1.1 s of 300 ms ones"
-        );
         assert_eq!(journal.finished.get(id), Some(n), "user {id}");
     }
     assert_eq!(r.users.started, 20, "revived users are not started again");
