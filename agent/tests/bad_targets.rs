@@ -187,17 +187,24 @@ async fn https_with_a_self_signed_certificate() {
     let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = l.local_addr().unwrap().port();
+    // The protocol of every request the target served, as it saw it.
+    let versions: std::sync::Arc<std::sync::Mutex<Vec<hyper::Version>>> = Default::default();
+    let seen = versions.clone();
     tokio::spawn(async move {
         while let Ok((s, _)) = l.accept().await {
             let acceptor = acceptor.clone();
+            let seen = seen.clone();
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(s).await else {
                     return;
                 };
-                let service = hyper::service::service_fn(|_req| async {
-                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                        http_body_util::Full::new(bytes::Bytes::from_static(b"secure")),
-                    ))
+                let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
+                    seen.lock().unwrap().push(req.version());
+                    async {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from_static(b"secure")),
+                        ))
+                    }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(
                     hyper_util::rt::TokioExecutor::new(),
@@ -212,7 +219,11 @@ async fn https_with_a_self_signed_certificate() {
     let r = run(&manifest(&url, "")).await;
     assert_eq!(errors(&r, "tls"), 12, "{:?}", r.steps[0].errors_by_kind);
     // Accepting any certificate, over HTTP/1.1 and over HTTP/2 (ALPN).
-    for version in ["http1", "http2"] {
+    for (version, spoken) in [
+        ("http1", hyper::Version::HTTP_11),
+        ("http2", hyper::Version::HTTP_2),
+    ] {
+        versions.lock().unwrap().clear();
         let yaml = format!(
             "users: 3\nrepeat: {{times: 5}}\nscenario:\n  http:\n    version: {version}\n    insecureSkipVerify: true\n    steps:\n      - request: {{name: s, url: \"{url}\", expect: {{bodyContains: secure}}}}\n"
         );
@@ -223,5 +234,8 @@ async fn https_with_a_self_signed_certificate() {
             "{version}: {:?}",
             r.steps[0].errors_by_kind
         );
+        // The protocol asked for is the one the target was spoken to in.
+        let served = versions.lock().unwrap().clone();
+        assert_eq!(served, vec![spoken; 15], "{version}");
     }
 }
