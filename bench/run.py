@@ -14,7 +14,10 @@ Benchmarks:
   memory      resident memory per user with 100,000 and 1,000,000 users sleeping in a
               `think` step.
   throttle    a Throttle of 20,000/s saturated by many users for 30 s: share of the limit
-              executed, and the busiest 1 s window.
+              executed, and the busiest 1 s window; then a Throttle of 10,000/s shared by
+              4 agent processes (`--agents 4`). Windows are counted on the grant times the
+              throttles log (MURMUR_GRANT_LOG), sliding, not aligned. These saturation
+              figures are machine-speed figures: the tests only check the limit.
 """
 
 import argparse
@@ -291,6 +294,77 @@ spec:
                                busiest_window_per_s=busiest, errors=rep["total"]["errors"])
 
 
+def logged_grants(d):
+    """The grant times (ns) of every throttle log in `d` (MURMUR_GRANT_LOG), sorted."""
+    times = []
+    for f in sorted(Path(d).glob("*.grants")):
+        for line in f.read_text().splitlines():
+            if line == "truncated":
+                raise RuntimeError(f"{f}: grant log cut short")
+            times.append(int(line.split()[0]))
+    times.sort()
+    return times
+
+
+def busiest_window(times, interval_ns=1_000_000_000):
+    """The most grants in any window of `interval_ns` (one starting at every grant)."""
+    best, j = 0, 0
+    for i in range(len(times)):
+        while times[i] - times[j] >= interval_ns:
+            j += 1
+        best = max(best, i - j + 1)
+    return best
+
+
+def bench_throttle_shared(args, results):
+    """A Throttle of 10,000/s shared by 4 agent processes (1 worker each), saturated by 200
+    users: the share of the limit granted past the first second, and the busiest sliding
+    1 s window, both on the grant times the agents' throttles log."""
+    rate, secs, users, agents = 10_000, min(args.throttle_seconds, 20), 200, 4
+    log(f"throttle: {rate}/s shared by {agents} agents, {users} users, {secs}s")
+    target = DemoServer(1)
+    grants = Path(tempfile.mkdtemp(prefix="murmur-grants-"))
+    try:
+        manifest = f"""apiVersion: murmuration.dev/v1alpha1
+kind: LoadTest
+metadata: {{name: shared}}
+spec:
+  users: {users}
+  agents: {agents}
+  duration: {secs}s
+  scenario:
+    http:
+      steps:
+        - throttle: limit
+        - request: {{name: get, url: "{target.url}"}}
+---
+apiVersion: murmuration.dev/v1alpha1
+kind: Throttle
+metadata: {{name: limit}}
+spec: {{rate: {rate}, interval: 1s}}
+"""
+        env = dict(os.environ, MURMUR_GRANT_LOG=str(grants))
+        rep, _ = murmur_run(manifest, workers=1, agents=agents, env=env, timeout=secs + 120)
+        times = logged_grants(grants)
+    finally:
+        target.stop()
+        shutil.rmtree(grants, ignore_errors=True)
+    if not times:
+        raise RuntimeError("no grants logged")
+    # Past the first second (shares being handed out) and before the last (users stopping).
+    lo, hi = times[0] + 1_000_000_000, times[-1] - 1_000_000_000
+    steady = sum(1 for t in times if lo <= t < hi) / max((hi - lo) / 1e9, 1e-9)
+    busiest = busiest_window(times)
+    print(f"\n## Throttle shared by {agents} agent processes (limit {rate:,}/s, saturated)")
+    print(f"granted {len(times)} permits: {steady:.0f}/s past the first second = "
+          f"{steady / rate * 100:.2f}% of the limit")
+    print(f"busiest sliding 1 s window: {busiest} ({'within' if busiest <= rate else 'ABOVE'} the limit); "
+          f"errors: {rep['total']['errors']} {rep['total']['errorsByKind']}")
+    results["throttle_shared"] = dict(rate=rate, agents=agents, seconds=secs, granted=len(times),
+                                      steady_per_s=steady, busiest_window=busiest,
+                                      errors=rep["total"]["errors"])
+
+
 def bench_distributed(args, results):
     """1 master + 2 agent processes against in-process and wrk (same target, connections,
     duration), then the time from "set desired users" to all new users running."""
@@ -402,6 +476,7 @@ def main():
         bench_memory(args, results)
     if "throttle" in todo:
         bench_throttle(args, results)
+        bench_throttle_shared(args, results)
     if "distributed" in todo:
         bench_distributed(args, results)
     out = ROOT / "bench" / "results"
