@@ -1,6 +1,6 @@
 //! The `murmur` command line: `run` (a test on this machine, in-process or with a master
 //! and agent processes), `master` and `agent` (the roles of a distributed test),
-//! `demo-server` (the bundled targets). [`main_with`] is the entry point for custom
+//! `demo-server` (the bundled targets), `report` and `wait` (a test the operator runs). [`main_with`] is the entry point for custom
 //! binaries that register their own scenarios.
 
 use std::io::IsTerminal;
@@ -16,6 +16,8 @@ use crate::plan::load_plan_with_vars;
 use crate::progress::{Progress, ProgressTarget};
 use crate::report::Outcome;
 use crate::scenario::Registry;
+
+mod cluster;
 
 /// Exit code: the test ran and every threshold held.
 pub const EXIT_PASSED: u8 = 0;
@@ -53,19 +55,10 @@ enum Commands {
     Agent(AgentArgs),
     /// Write the report of a test the operator ran (kept in the cluster after its pods
     /// are gone), with your kubeconfig.
-    Report(ReportArgs),
-}
-
-#[derive(clap::Args, Debug)]
-struct ReportArgs {
-    /// The LoadTest's name.
-    name: String,
-    /// Its namespace (default: the kubeconfig's).
-    #[arg(short, long)]
-    namespace: Option<String>,
-    /// Directory for report.json and report.html.
-    #[arg(long, default_value = ".")]
-    out: PathBuf,
+    Report(cluster::ReportArgs),
+    /// Follow a LoadTest on the cluster until it finishes, with the live display of `run`,
+    /// and exit like `run`: 0 passed, 1 failed (or timed out), 2 invalid or not found.
+    Wait(cluster::WaitArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -109,6 +102,10 @@ struct RunArgs {
     /// Directory for report.json and report.html.
     #[arg(long, default_value = ".")]
     out: PathBuf,
+    /// Also write the thresholds as JUnit XML, one test case per threshold, so that CI
+    /// shows which one failed.
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
     /// Worker threads (default: one per core).
     #[arg(long)]
     workers: Option<usize>,
@@ -177,7 +174,8 @@ pub fn main_with(registry: Registry) -> ExitCode {
         Commands::DemoServer(args) => demo_command(args),
         Commands::Master(args) => master_command(args, registry),
         Commands::Agent(args) => agent_command(args, registry),
-        Commands::Report(args) => report_command(args),
+        Commands::Report(args) => cluster::report_command(args),
+        Commands::Wait(args) => cluster::wait_command(args),
     }
 }
 
@@ -262,7 +260,7 @@ fn run_command(args: RunArgs, registry: Registry) -> ExitCode {
             workers: args.workers.unwrap_or(EngineOptions::default().workers),
             ..EngineOptions::default()
         };
-        let target = progress_target(&args);
+        let target = progress_target(args.plain, args.progress_every);
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
@@ -285,33 +283,46 @@ fn run_command(args: RunArgs, registry: Registry) -> ExitCode {
                 return ExitCode::from(EXIT_INVALID);
             }
         };
-        conclude(&report, &args.out)
+        conclude(&report, Some(&args.out), args.junit.as_deref())
     })
 }
 
-fn progress_target(args: &RunArgs) -> ProgressTarget {
-    if !args.plain && std::io::stderr().is_terminal() {
+/// A terminal redraws in place unless `plain`; anything else gets a line every `every_s`.
+fn progress_target(plain: bool, every_s: u64) -> ProgressTarget {
+    if !plain && std::io::stderr().is_terminal() {
         ProgressTarget::Terminal
     } else {
         ProgressTarget::Plain {
-            every: std::time::Duration::from_secs(args.progress_every.max(1)),
+            every: std::time::Duration::from_secs(every_s.max(1)),
         }
     }
 }
 
-/// Prints the summary, writes the reports, and says how the process exits.
-fn conclude(report: &crate::report::Report, out: &std::path::Path) -> ExitCode {
+/// Prints the summary, writes the reports (into `out`, and the JUnit XML into `junit`),
+/// and says how the process exits.
+fn conclude(
+    report: &crate::report::Report,
+    out: Option<&std::path::Path>,
+    junit: Option<&std::path::Path>,
+) -> ExitCode {
     println!("{}", crate::report::summary::summary_table(report));
-    match crate::report::io::write_reports(out, report) {
-        Ok(paths) => {
-            for p in paths {
-                println!("wrote {}", p.display());
-            }
-        }
-        Err(e) => {
-            eprintln!("error: could not write the report: {e}");
-            return ExitCode::from(EXIT_FAILED);
-        }
+    let mut paths = Vec::new();
+    let written = out
+        .map(|dir| crate::report::io::write_reports(dir, report).map(|p| paths.extend(p)))
+        .transpose()
+        .and_then(|_| {
+            junit
+                .map(|f| {
+                    crate::report::junit::write_junit(f, report).map(|()| paths.push(f.into()))
+                })
+                .transpose()
+        });
+    for p in &paths {
+        println!("wrote {}", p.display());
+    }
+    if let Err(e) = written {
+        eprintln!("error: could not write the report: {e}");
+        return ExitCode::from(EXIT_FAILED);
     }
     match report.result {
         Outcome::Passed => ExitCode::from(EXIT_PASSED),
@@ -435,7 +446,7 @@ async fn run_distributed(
             }
         }
     });
-    let mut progress = Progress::new(progress_target(args));
+    let mut progress = Progress::new(progress_target(args.plain, args.progress_every));
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tick.tick().await;
@@ -459,7 +470,7 @@ async fn run_distributed(
         return ExitCode::from(EXIT_FAILED);
     };
     drop(children);
-    conclude(&report, &args.out)
+    conclude(&report, Some(&args.out), args.junit.as_deref())
 }
 
 /// Reads the token from a file or MURMUR_TOKEN.
@@ -669,27 +680,4 @@ fn demo_command(args: DemoArgs) -> ExitCode {
             }
         },
     }
-}
-
-fn report_command(args: ReportArgs) -> ExitCode {
-    runtime().block_on(async move {
-        match crate::report::stored::write_stored_report(
-            &args.name,
-            args.namespace.as_deref(),
-            &args.out,
-        )
-        .await
-        {
-            Ok(paths) => {
-                for p in paths {
-                    println!("wrote {}", p.display());
-                }
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(EXIT_FAILED)
-            }
-        }
-    })
 }

@@ -530,6 +530,17 @@ pub fn series_point(t: f64, prev_t: f64, users: u64, period: &Period) -> SeriesP
         max: p.max,
         step_requests: period.steps.iter().map(|s| s.requests).collect(),
         step_errors: period.steps.iter().map(|s| s.error_total()).collect(),
+        // Per step, because unlike steps merged say nothing (see `Report::steps_alike`).
+        step_p50: period
+            .steps
+            .iter()
+            .map(|s| s.latency.value_at_quantile(0.50) as f64 / 1000.0)
+            .collect(),
+        step_p99: period
+            .steps
+            .iter()
+            .map(|s| s.latency.value_at_quantile(0.99) as f64 / 1000.0)
+            .collect(),
     }
 }
 

@@ -25,6 +25,7 @@ pub mod template;
 pub mod thresholds;
 pub mod throttle;
 mod users;
+pub mod wait;
 pub mod wire;
 
 #[cfg(test)]

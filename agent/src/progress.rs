@@ -73,12 +73,31 @@ fn current(r: &Report) -> (u64, f64, u64) {
         .unwrap_or((0, 0.0, 0))
 }
 
+/// The latency part of a line: the merged p50 and p99 when the steps are alike, else each
+/// step's p99 (merged, unlike steps say nothing).
+fn latency(r: &Report) -> String {
+    if r.steps_alike() {
+        format!(
+            "p50 {} · p99 {}",
+            ms(r.total.latency_ms.p50),
+            ms(r.total.latency_ms.p99)
+        )
+    } else {
+        let steps: Vec<String> = r
+            .steps
+            .iter()
+            .map(|s| format!("{} {}", s.name, ms(s.latency_ms.p99)))
+            .collect();
+        format!("p99 {}", steps.join(", "))
+    }
+}
+
 /// One plain progress line.
 pub fn line(r: &Report) -> String {
     let (users, rps, errors) = current(r);
     let failing = r.thresholds.iter().filter(|t| !t.passed).count();
     format!(
-        "[{:>6.1}s] users {}/{} · {:.0} req/s · {} requests · {} errors ({} in the last second) · p50 {} · p99 {}{}",
+        "[{:>6.1}s] users {}/{} · {:.0} req/s · {} requests · {} errors ({} in the last second) · {}{}",
         r.duration_s,
         users,
         r.users.desired,
@@ -86,8 +105,7 @@ pub fn line(r: &Report) -> String {
         count(r.total.requests),
         count(r.total.errors),
         errors,
-        ms(r.total.latency_ms.p50),
-        ms(r.total.latency_ms.p99),
+        latency(r),
         if r.thresholds.is_empty() {
             String::new()
         } else if failing == 0 {
@@ -113,7 +131,13 @@ fn table(r: &Report) -> String {
         "p50",
         "p99"
     );
-    for st in &r.steps {
+    // A cluster test's status has no steps: its figures are the whole test's.
+    let rows = if r.steps.is_empty() {
+        std::slice::from_ref(&r.total)
+    } else {
+        &r.steps[..]
+    };
+    for st in rows {
         s.push_str(&format!(
             "  {:<20} {:>9} {:>9} {:>9} {:>9}\n",
             st.name.chars().take(20).collect::<String>(),

@@ -161,17 +161,23 @@ impl Thresholds {
     }
 }
 
+/// A threshold's bounds as people read them (`≤ 500ms`, `≥ 1000`, `1 ≤ x ≤ 5`): the
+/// `bound` of its outcome, and what `murmur wait` shows beside a cluster test's status.
+pub fn bound_text(t: &Threshold) -> String {
+    match (&t.min, &t.max) {
+        (Some(a), Some(b)) => format!("{a} ≤ x ≤ {b}"),
+        (Some(a), None) => format!("≥ {a}"),
+        (None, Some(b)) => format!("≤ {b}"),
+        (None, None) => String::new(),
+    }
+}
+
 fn evaluate(c: &Compiled, report: &Report) -> ThresholdOutcome {
     let step: Option<&StepSummary> = match &c.spec.step {
         Some(name) => report.steps.iter().find(|s| &s.name == name),
         None => Some(&report.total),
     };
-    let bound = match (&c.spec.min, &c.spec.max) {
-        (Some(a), Some(b)) => format!("{a} ≤ x ≤ {b}"),
-        (Some(a), None) => format!("≥ {a}"),
-        (None, Some(b)) => format!("≤ {b}"),
-        (None, None) => String::new(),
-    };
+    let bound = bound_text(&c.spec);
     let outcome = |observed: String, passed: bool| ThresholdOutcome {
         metric: c.spec.metric.clone(),
         step: c.spec.step.clone(),

@@ -932,7 +932,7 @@ fn clients_without_the_token_or_speaking_garbage_are_refused() {
             let (code, metrics) = http(m, "GET", "/metrics", Some(TOKEN), "");
             assert_eq!(code, 200);
             metrics
-                .contains("murmuration_users{state=\"running\",test=\"idle\"} 10")
+                .contains("murmuration_users{namespace=\"\",state=\"running\",test=\"idle\"} 10")
                 .then_some(())
                 .ok_or(metrics)
         },

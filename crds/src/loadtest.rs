@@ -564,7 +564,8 @@ pub struct LoadTestStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<String>,
 
-    /// Kubernetes-style conditions: `Ready`, `Progressing`, `Degraded`, `Invalid`.
+    /// Kubernetes-style conditions: `Ready`, `Progressing`, `Degraded`, `Invalid`, and
+    /// `Finished` (reason `Passed` or `Failed`) for `kubectl wait --for=condition=Finished`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
 

@@ -257,6 +257,8 @@ pub fn master_pod(
                 ]),
                 env: Some(vec![
                     field_env("POD_IP", "status.podIP"),
+                    // The `namespace` label of the master's metrics.
+                    field_env("POD_NAMESPACE", "metadata.namespace"),
                     token_env(lt),
                     value_env("MURMUR_TEST", manifests),
                     value_env("MURMUR_LOG", &settings.log),

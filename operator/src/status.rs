@@ -4,7 +4,9 @@
 //! The phase only moves forward: Pending → Starting → Running → Stopping →
 //! Succeeded/Failed. Conditions follow the Kubernetes API conventions: `Ready` (every user
 //! and agent running), `Progressing` (users or agents on their way), `Degraded` (an agent
-//! missing while running), `Invalid` (a spec the operator cannot run).
+//! missing while running), `Invalid` (a spec the operator cannot run), `Finished` (true
+//! once the test is over, reason `Passed` or `Failed`: what `kubectl wait
+//! --for=condition=Finished` and CI pipelines wait for).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use murmuration_crds::api::{MasterStatus, TestPhase};
@@ -151,16 +153,57 @@ fn spec_valid(prev: &[Condition], generation: i64, now: &Time) -> Condition {
     )
 }
 
+/// Condition `Finished`: false (reason `NotFinished`) until the test is over, then true
+/// with reason `Passed` or `Failed` (the result) and `message` saying why it ended. It
+/// is the one condition CI waits for, so it is always present.
+fn finished_condition(
+    prev: &[Condition],
+    result: Option<TestResult>,
+    message: String,
+    generation: i64,
+    now: &Time,
+) -> Condition {
+    match result {
+        Some(r) => condition(
+            prev,
+            "Finished",
+            true,
+            match r {
+                TestResult::Passed => "Passed",
+                TestResult::Failed => "Failed",
+            },
+            message,
+            generation,
+            now,
+        ),
+        None => condition(
+            prev,
+            "Finished",
+            false,
+            "NotFinished",
+            "the test has not ended yet".into(),
+            generation,
+            now,
+        ),
+    }
+}
+
 /// The conditions of a valid test whose master does not answer: not `Ready`, and
-/// `Progressing` or not, for `why`, with the reasons `(ready, progressing)`.
+/// `Progressing` or not, for `why`, with the reasons `(ready, progressing)`; `Finished`
+/// per `ended` (the result and why, once the test is over).
 fn without_answer(
     prev: &[Condition],
     (ready_reason, progressing_reason): (&str, &str),
     why: &str,
     progressing: bool,
+    ended: Option<(TestResult, String)>,
     generation: i64,
     now: &Time,
 ) -> Vec<Condition> {
+    let (result, ended_why) = match ended {
+        Some((r, m)) => (Some(r), m),
+        None => (None, String::new()),
+    };
     vec![
         spec_valid(prev, generation, now),
         condition(
@@ -181,6 +224,7 @@ fn without_answer(
             generation,
             now,
         ),
+        finished_condition(prev, result, ended_why, generation, now),
     ]
 }
 
@@ -241,6 +285,14 @@ pub fn invalid(lt: &LoadTest, problem: &Invalid, now: &Time) -> (LoadTestStatus,
             generation,
             now,
         ),
+        // An edit cannot undo the end of a test that already ran.
+        prev.conditions
+            .iter()
+            .find(|c| c.type_ == "Finished" && c.status == "True")
+            .cloned()
+            .unwrap_or_else(|| {
+                finished_condition(&prev.conditions, None, String::new(), generation, now)
+            }),
     ];
     let events = if was_invalid {
         Vec::new()
@@ -264,11 +316,24 @@ pub fn without_master(lt: &LoadTest, why: &str, now: &Time) -> LoadTestStatus {
         .agents
         .get_or_insert_with(AgentCounts::default)
         .desired = lt.spec.agents as i64;
+    // A finished test whose master is gone stays finished, with the reason it had.
+    let ended = match (phase >= Phase::Succeeded, prev.result) {
+        (true, Some(r)) => Some((
+            r,
+            prev.conditions
+                .iter()
+                .find(|c| c.type_ == "Finished" && c.status == "True")
+                .map(|c| c.message.clone())
+                .unwrap_or_else(|| prev.message.clone().unwrap_or_default()),
+        )),
+        _ => None,
+    };
     status.conditions = without_answer(
         &prev.conditions,
         ("MasterUnreachable", "PodsStarting"),
         why,
         phase < Phase::Stopping,
+        ended,
         generation,
         now,
     );
@@ -319,28 +384,29 @@ pub fn from_master(
     } else {
         None
     };
+    let failed_thresholds: Vec<String> = master
+        .thresholds
+        .iter()
+        .filter(|t| !t.passed)
+        .map(|t| match &t.step {
+            Some(s) => format!("{} of {s} (observed {})", t.metric, t.observed),
+            None => format!("{} (observed {})", t.metric, t.observed),
+        })
+        .collect();
+    let why_ended = master
+        .message
+        .clone()
+        .or_else(|| master.ended_by.clone().map(|e| format!("ended by {e}")))
+        .unwrap_or_default();
     if finished && !matches!(prev_phase, Phase::Succeeded | Phase::Failed) {
-        let failed: Vec<String> = master
-            .thresholds
-            .iter()
-            .filter(|t| !t.passed)
-            .map(|t| match &t.step {
-                Some(s) => format!("{} of {s} (observed {})", t.metric, t.observed),
-                None => format!("{} (observed {})", t.metric, t.observed),
-            })
-            .collect();
-        if !failed.is_empty() {
+        if !failed_thresholds.is_empty() {
             events.push(Transition::ThresholdFailed {
-                thresholds: failed.join(", "),
+                thresholds: failed_thresholds.join(", "),
             });
         }
         events.push(Transition::Finished {
             result: result.unwrap_or(TestResult::Failed),
-            message: master
-                .message
-                .clone()
-                .or_else(|| master.ended_by.clone().map(|e| format!("ended by {e}")))
-                .unwrap_or_default(),
+            message: why_ended.clone(),
         });
     }
     let users = UserCounts {
@@ -429,6 +495,20 @@ pub fn from_master(
                     "AgentsConnected"
                 },
                 format!("{agents_ready} of {} agents connected", lt.spec.agents),
+                generation,
+                now,
+            ),
+            finished_condition(
+                &prev.conditions,
+                result,
+                match (why_ended.is_empty(), failed_thresholds.is_empty()) {
+                    (_, true) => why_ended,
+                    (true, false) => format!("thresholds failed: {}", failed_thresholds.join(", ")),
+                    (false, false) => format!(
+                        "{why_ended}; thresholds failed: {}",
+                        failed_thresholds.join(", ")
+                    ),
+                },
                 generation,
                 now,
             ),
@@ -594,6 +674,7 @@ pub fn failed_to_start(lt: &LoadTest, why: &str, now: &Time) -> (LoadTestStatus,
         ("MasterDidNotStart", "MasterDidNotStart"),
         why,
         false,
+        Some((TestResult::Failed, why.to_owned())),
         generation,
         now,
     );

@@ -192,6 +192,23 @@ fn status_from_the_master_and_its_transitions() {
     done.thresholds[0].passed = false;
     let (finished, events) = status::from_master(&lt, &done, &at("2026-11-22T10:10:00Z"));
     snapshot("status-finished", &finished);
+    // What `kubectl wait --for=condition=Finished` waits for, with the result as reason.
+    let done_condition = |st: &murmuration_crds::loadtest::LoadTestStatus| {
+        st.conditions
+            .iter()
+            .find(|c| c.type_ == "Finished")
+            .map(|c| (c.status.clone(), c.reason.clone()))
+    };
+    assert_eq!(
+        done_condition(&finished),
+        Some(("True".into(), "Failed".into()))
+    );
+    assert!(finished.conditions.iter().any(|c| c.type_ == "Finished"
+        && c.message.contains("thresholds failed: latency.p99")));
+    assert_eq!(
+        done_condition(lt.status.as_ref().unwrap()),
+        Some(("False".into(), "NotFinished".into()))
+    );
     assert_eq!(events.len(), 2, "{events:?}");
     assert_eq!(events[0].reason(), "ThresholdFailed");
     assert_eq!(events[1].reason(), "Finished");

@@ -5,6 +5,7 @@
 //! One task owns the books ([`state::Core`]); connections and API calls talk to it through
 //! a channel, so that nothing in the books needs a lock.
 
+pub mod metrics;
 pub mod state;
 
 use std::collections::HashMap;
@@ -74,6 +75,7 @@ pub struct MasterConfig {
 /// A call of the API, as the books see it.
 enum Call {
     Status,
+    Metrics,
     Users(u64),
     Agents(u64),
     Vars(Vars),
@@ -88,6 +90,7 @@ enum Call {
 
 enum Answer {
     Status(Box<MasterStatus>),
+    Metrics(Box<metrics::Scrape>),
     Report(Box<Report>),
     Owners(std::collections::BTreeMap<String, Vec<u64>>),
     Error(StatusCode, String),
@@ -212,6 +215,9 @@ pub async fn start(config: MasterConfig) -> Result<MasterHandle, MasterError> {
 
 /// The task that owns the books.
 async fn books(mut core: Core, mut events: mpsc::UnboundedReceiver<Event>) {
+    // The `namespace` label of the metrics: the operator gives its master pod its
+    // namespace (downward API); a master outside a cluster has none.
+    let namespace = std::env::var("POD_NAMESPACE").unwrap_or_default();
     let mut links: HashMap<String, (u64, mpsc::UnboundedSender<ToAgent>)> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -281,6 +287,11 @@ async fn books(mut core: Core, mut events: mpsc::UnboundedReceiver<Event>) {
             Event::Api(call, reply) => {
                 let answer = match call {
                     Call::Status => Answer::Status(Box::new(core.status(now))),
+                    Call::Metrics => Answer::Metrics(Box::new(metrics::Scrape {
+                        status: core.status(now),
+                        namespace: namespace.clone(),
+                        steps: core.step_totals(),
+                    })),
                     Call::Users(n) => match core.set_users(n) {
                         Ok(()) => Answer::Status(Box::new(core.status(now))),
                         Err(e) => Answer::Error(StatusCode::BAD_REQUEST, e),
@@ -449,7 +460,11 @@ async fn handle_request(
     if path == api::HEALTH {
         return Response::new(Full::new(Bytes::from_static(b"ok")));
     }
-    if !authorized(&server, &req) {
+    // `/metrics` is open, as `/healthz` is: the figures carry no secret and change
+    // nothing, and a PodMonitor can carry one static credential at most, while each test
+    // has its own token. Every other call needs the token.
+    let open = path == api::METRICS && method == Method::GET;
+    if !open && !authorized(&server, &req) {
         tracing::warn!(%peer, %method, %path, "refused: missing or wrong token");
         return error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
     }
@@ -470,10 +485,10 @@ async fn handle_request(
     let answer = match (&method, path.as_str()) {
         (&Method::GET, api::STATUS) => call(Call::Status).await,
         (&Method::GET, api::METRICS) => {
-            return match call(Call::Status).await {
-                Ok(Answer::Status(s)) => Response::builder()
+            return match call(Call::Metrics).await {
+                Ok(Answer::Metrics(s)) => Response::builder()
                     .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
-                    .body(Full::new(Bytes::from(prometheus_text(&s))))
+                    .body(Full::new(Bytes::from(metrics::prometheus_text(&s))))
                     .expect("static response parts"),
                 Ok(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "unexpected answer"),
                 Err(r) => r,
@@ -537,6 +552,7 @@ async fn handle_request(
     };
     match answer {
         Ok(Answer::Status(s)) => json(StatusCode::OK, &*s),
+        Ok(Answer::Metrics(_)) => error(StatusCode::INTERNAL_SERVER_ERROR, "unexpected answer"),
         Ok(Answer::Report(r)) => json(StatusCode::OK, &*r),
         Ok(Answer::Owners(o)) => json(StatusCode::OK, &o),
         Ok(Answer::Error(code, e)) => error(code, e),
@@ -681,133 +697,4 @@ where
     }
     abort.abort();
     let _ = events.send(Event::Gone { conn, name });
-}
-
-/// The status as Prometheus text.
-pub fn prometheus_text(s: &MasterStatus) -> String {
-    use prometheus::{
-        Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry as Prom, TextEncoder,
-    };
-    let reg = Prom::new();
-    let test = s.test.as_str();
-    let gauge = |name: &str, help: &str, labels: &[&str]| {
-        let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-        reg.register(Box::new(g.clone())).expect("registered once");
-        g
-    };
-    // Counters are rebuilt from the books at each scrape: a fresh counter set to the total.
-    let counter = |name: &str, help: &str, labels: &[&str], values: &[(&[&str], i64)]| {
-        let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-        reg.register(Box::new(c.clone())).expect("registered once");
-        for (l, v) in values {
-            c.with_label_values(l).inc_by((*v).max(0) as u64);
-        }
-    };
-    let fgauge = |name: &str, help: &str, labels: &[&str]| {
-        let g = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-        reg.register(Box::new(g.clone())).expect("registered once");
-        g
-    };
-    let users = gauge("murmuration_users", "Users by state", &["test", "state"]);
-    users
-        .with_label_values(&[test, "desired"])
-        .set(s.users.desired);
-    users
-        .with_label_values(&[test, "running"])
-        .set(s.users.running);
-    counter(
-        "murmuration_users_started_total",
-        "Users started",
-        &["test"],
-        &[(&[test], s.users.started)],
-    );
-    counter(
-        "murmuration_users_finished_total",
-        "Users that finished",
-        &["test"],
-        &[(&[test], s.users.finished)],
-    );
-    counter(
-        "murmuration_users_failed_total",
-        "Users that failed",
-        &["test"],
-        &[(&[test], s.users.failed)],
-    );
-    let agents = gauge("murmuration_agents", "Agents by state", &["test", "state"]);
-    agents
-        .with_label_values(&[test, "desired"])
-        .set(s.agents.desired);
-    agents
-        .with_label_values(&[test, "ready"])
-        .set(s.agents.ready);
-    counter(
-        "murmuration_requests_total",
-        "Requests completed",
-        &["test"],
-        &[(&[test], s.requests.total)],
-    );
-    counter(
-        "murmuration_request_errors_total",
-        "Requests failed",
-        &["test"],
-        &[(&[test], s.requests.errors)],
-    );
-    let latency = fgauge(
-        "murmuration_request_latency_seconds",
-        "Request latency over the whole test",
-        &["test", "quantile"],
-    );
-    for (q, v) in [
-        ("0.5", s.latency_ms.p50),
-        ("0.95", s.latency_ms.p95),
-        ("0.99", s.latency_ms.p99),
-        ("1", s.latency_ms.max),
-    ] {
-        latency.with_label_values(&[test, q]).set(v / 1000.0);
-    }
-    let rate = gauge(
-        "murmuration_throttle_rate",
-        "Throttle rate in force",
-        &["test", "throttle"],
-    );
-    let executed: Vec<(Vec<&str>, i64)> = s
-        .throttles
-        .iter()
-        .map(|t| (vec![test, t.name.as_str()], t.executed as i64))
-        .collect();
-    let executed: Vec<(&[&str], i64)> = executed.iter().map(|(l, v)| (l.as_slice(), *v)).collect();
-    counter(
-        "murmuration_throttle_executed_total",
-        "Throttle permits granted",
-        &["test", "throttle"],
-        &executed,
-    );
-    let waiting = gauge(
-        "murmuration_throttle_waiting",
-        "Users waiting for a permit",
-        &["test", "throttle"],
-    );
-    for t in &s.throttles {
-        rate.with_label_values(&[test, &t.name]).set(t.rate as i64);
-        waiting
-            .with_label_values(&[test, &t.name])
-            .set(t.waiting as i64);
-    }
-    let groups: Vec<(Vec<&str>, i64)> = s
-        .coordinators
-        .iter()
-        .map(|c| (vec![test, c.name.as_str()], c.groups as i64))
-        .collect();
-    let groups: Vec<(&[&str], i64)> = groups.iter().map(|(l, v)| (l.as_slice(), *v)).collect();
-    counter(
-        "murmuration_coordinator_groups_total",
-        "Groups formed",
-        &["test", "coordinator"],
-        &groups,
-    );
-    let mut buf = Vec::new();
-    TextEncoder::new()
-        .encode(&reg.gather(), &mut buf)
-        .expect("text encoding into memory");
-    String::from_utf8(buf).unwrap_or_default()
 }

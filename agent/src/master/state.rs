@@ -1210,6 +1210,21 @@ impl Core {
         }
     }
 
+    /// Each step's name and figures since the start (what `/metrics` shows); a step
+    /// without any action yet has empty figures.
+    pub fn step_totals(&self) -> Vec<(String, crate::metrics::StepStats)> {
+        self.names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                (
+                    n.clone(),
+                    self.totals.steps.get(i).cloned().unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
     /// The report so far (`full`: with histograms).
     pub fn build(&self, full: bool, now: Instant) -> Report {
         let elapsed = self
@@ -1239,6 +1254,8 @@ impl Core {
         for p in series.iter_mut() {
             p.step_requests.resize(step_count, 0);
             p.step_errors.resize(step_count, 0);
+            p.step_p50.resize(step_count, 0.0);
+            p.step_p99.resize(step_count, 0.0);
         }
         let tally = Tally {
             names: self.names.clone(),
@@ -1259,12 +1276,7 @@ impl Core {
                         requests: *requests,
                         errors: *errors,
                         rps: *requests as f64,
-                        p50: 0.0,
-                        p90: 0.0,
-                        p99: 0.0,
-                        max: 0.0,
-                        step_requests: Vec::new(),
-                        step_errors: Vec::new(),
+                        ..Default::default()
                     })
                     .collect();
                 (n.clone(), points)

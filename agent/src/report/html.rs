@@ -1,6 +1,7 @@
 //! `report.html`: one self-contained page (no scripts, fonts or styles from elsewhere; it
 //! opens offline) with the result, thresholds, per-step figures and plots over time drawn
-//! as inline SVG.
+//! as inline SVG. Latency headlines and plots are per step; merged percentiles appear only
+//! where the steps are alike ([`Report::steps_alike`]).
 
 use std::fmt::Write as _;
 
@@ -36,6 +37,8 @@ th,td{padding:7px 10px;text-align:right;border-bottom:1px solid #eceef2;white-sp
 td:first-child,th:first-child{text-align:left}.ok{color:#1f9d55;font-weight:600}.ko{color:#d64545;font-weight:600}
 .plots{display:grid;grid-template-columns:repeat(auto-fit,minmax(540px,1fr));gap:16px}.plot{background:#fff;border-radius:8px;padding:10px;box-shadow:0 1px 2px #0001}
 .plot h3{font-size:13px;margin:0 0 4px;color:#3b4350}.note{color:#5a6372;font-size:12px}
+.tabs input{position:absolute;opacity:0}.tabs label{display:inline-block;padding:2px 10px;margin:0 4px 4px 0;border:1px solid #c9ced6;border-radius:12px;font-size:12px;cursor:pointer;color:#3b4350}
+.tabs input:checked+label{background:#2b6cb0;border-color:#2b6cb0;color:#fff}.tabs input:focus-visible+label{outline:2px solid #2b6cb0}.tabs .tab{display:none}
 "#;
 
 const COLORS: [&str; 6] = [
@@ -91,30 +94,41 @@ fn fmt_tick(v: f64, unit: &str) -> String {
     }
 }
 
-/// An SVG line chart with axes, ticks, units and a legend.
+/// An SVG line chart in a plot box with its title.
 fn chart(title: &str, unit: &str, lines: &[Line]) -> String {
-    let (w, h, left, right, top, bottom) = (560.0, 240.0, 56.0, 12.0, 12.0, 36.0);
+    format!(
+        "<div class=\"plot\"><h3>{}</h3>{}</div>",
+        escape(title),
+        chart_svg(title, unit, lines, 0.0)
+    )
+}
+
+/// An SVG line chart with axes, ticks, units and a legend; its time axis spans at least
+/// `span` seconds (plots of one test share one time axis, even a step seen only at first).
+fn chart_svg(title: &str, unit: &str, lines: &[Line], span: f64) -> String {
+    // The right margin leaves room for half of the last time label, centred on the
+    // axis' end ("60s" was cut to "6" when the margin was narrower than that).
+    let (w, h, left, right, top, bottom) = (560.0, 240.0, 56.0, 26.0, 12.0, 36.0);
     let pw = w - left - right;
     let ph = h - top - bottom;
     let xmax = lines
         .iter()
         .flat_map(|l| l.values.iter().map(|p| p.0))
-        .fold(0.0f64, f64::max)
+        .fold(span, f64::max)
         .max(1.0);
+    let xstep = nice_step(xmax, 6.0);
     let ymax_data = lines
         .iter()
         .flat_map(|l| l.values.iter().map(|p| p.1))
         .fold(0.0f64, f64::max);
     let ystep = nice_step(if ymax_data > 0.0 { ymax_data } else { 1.0 }, 4.0);
     let ymax = (ymax_data / ystep).ceil().max(1.0) * ystep;
-    let xstep = nice_step(xmax, 6.0);
     let x = |v: f64| left + v / xmax * pw;
     let y = |v: f64| top + ph - v / ymax * ph;
     let mut s = String::new();
     let _ = write!(
         s,
-        r#"<div class="plot"><h3>{}</h3><svg viewBox="0 0 {w} {h}" width="100%" role="img" aria-label="{}" font-size="11" font-family="sans-serif">"#,
-        escape(title),
+        r#"<svg viewBox="0 0 {w} {h}" width="100%" role="img" aria-label="{}" font-size="11" font-family="sans-serif">"#,
         escape(title)
     );
     // Grid and y ticks.
@@ -133,7 +147,9 @@ fn chart(title: &str, unit: &str, lines: &[Line]) -> String {
     }
     // X ticks (seconds).
     let mut t = 0.0;
-    while t <= xmax + xstep / 2.0 {
+    // Only ticks within the axis: a tick past its end (60s on an axis ending at 59.8 s)
+    // was drawn beyond the plot and cut ("6").
+    while t <= xmax * (1.0 + 1e-9) {
         let _ = write!(
             s,
             r##"<line x1="{x0:.1}" x2="{x0:.1}" y1="{}" y2="{}" stroke="#c9ced6"/><text x="{x0:.1}" y="{}" text-anchor="middle" fill="#5a6372">{}s</text>"##,
@@ -187,7 +203,7 @@ fn chart(title: &str, unit: &str, lines: &[Line]) -> String {
             escape(line.name)
         );
     }
-    s.push_str("</svg></div>");
+    s.push_str("</svg>");
     s
 }
 
@@ -195,8 +211,11 @@ fn series(points: &[SeriesPoint], f: impl Fn(&SeriesPoint) -> f64) -> Vec<(f64, 
     points.iter().map(|p| (p.t, f(p))).collect()
 }
 
-fn step_row(s: &StepSummary) -> String {
+/// A row of the steps table; `latency: false` leaves the percentiles out (the merged row
+/// of unlike steps).
+fn step_row(s: &StepSummary, latency: bool) -> String {
     let l = &s.latency_ms;
+    let lat = |v: f64| if latency { ms(v) } else { "·".into() };
     let kinds: Vec<String> = s
         .errors_by_kind
         .iter()
@@ -209,14 +228,14 @@ fn step_row(s: &StepSummary) -> String {
         s.rate,
         if s.errors == 0 { "0".into() } else { format!("<span class=\"ko\">{}</span>", count(s.errors)) },
         if kinds.is_empty() { "".into() } else { kinds.join(", ") },
-        ms(l.p50),
-        ms(l.p90),
-        ms(l.p95),
-        ms(l.p99),
-        ms(l.p999),
-        ms(l.max)
+        lat(l.p50),
+        lat(l.p90),
+        lat(l.p95),
+        lat(l.p99),
+        lat(l.p999),
+        lat(l.max)
     );
-    if let Some(c) = &s.corrected_latency_ms {
+    if let Some(c) = s.corrected_latency_ms.as_ref().filter(|_| latency) {
         let _ = write!(
             row,
             "<tr class=\"note\"><td>&nbsp;&nbsp;from intended start (coordinated-omission corrected)</td><td></td><td></td><td></td><td></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -229,6 +248,94 @@ fn step_row(s: &StepSummary) -> String {
         );
     }
     row
+}
+
+/// The merged latency percentiles over time.
+fn merged_latency(points: &[SeriesPoint]) -> Vec<Line<'static>> {
+    vec![
+        Line {
+            name: "p50",
+            values: series(points, |p| p.p50),
+        },
+        Line {
+            name: "p90",
+            values: series(points, |p| p.p90),
+        },
+        Line {
+            name: "p99",
+            values: series(points, |p| p.p99),
+        },
+        Line {
+            name: "max",
+            values: series(points, |p| p.max),
+        },
+    ]
+}
+
+/// Step `i`'s p50 and p99 over time, at the seconds it had requests.
+fn step_latency(points: &[SeriesPoint], i: usize) -> Vec<Line<'static>> {
+    let at = |v: &Vec<f64>, p: &SeriesPoint| {
+        (p.step_requests.get(i).copied().unwrap_or(0) > 0)
+            .then(|| (p.t, v.get(i).copied().unwrap_or(0.0)))
+    };
+    vec![
+        Line {
+            name: "p50",
+            values: points.iter().filter_map(|p| at(&p.step_p50, p)).collect(),
+        },
+        Line {
+            name: "p99",
+            values: points.iter().filter_map(|p| at(&p.step_p99, p)).collect(),
+        },
+    ]
+}
+
+/// The latency plot: with one step, its percentiles; with several, one plot per step
+/// behind a selector (radio buttons and CSS, no script, so that the page stays
+/// self-contained), led by the merged percentiles when the steps are alike.
+fn latency_plots(r: &Report) -> String {
+    let s = &r.series;
+    if r.steps.len() <= 1 {
+        let title = match r.steps.first() {
+            Some(st) => format!("Latency of {}", st.name),
+            None => "Latency percentiles".into(),
+        };
+        return chart(&title, "ms", &merged_latency(s));
+    }
+    let span = s.last().map(|p| p.t).unwrap_or(0.0);
+    let mut tabs: Vec<(String, Vec<Line>)> = Vec::new();
+    if r.steps_alike() {
+        tabs.push(("all steps".into(), merged_latency(s)));
+    }
+    for (i, st) in r.steps.iter().enumerate() {
+        tabs.push((st.name.clone(), step_latency(s, i)));
+    }
+    let mut out = String::from("<div class=\"plot tabs\"><h3>Latency by step</h3><style>");
+    for i in 0..tabs.len() {
+        let _ = write!(
+            out,
+            "#lat{i}:checked~div.tab:nth-of-type({}){{display:block}}",
+            i + 1
+        );
+    }
+    out.push_str("</style>");
+    for (i, (name, _)) in tabs.iter().enumerate() {
+        let _ = write!(
+            out,
+            "<input type=\"radio\" name=\"latency\" id=\"lat{i}\"{}><label for=\"lat{i}\">{}</label>",
+            if i == 0 { " checked" } else { "" },
+            escape(name)
+        );
+    }
+    for (name, lines) in &tabs {
+        let _ = write!(
+            out,
+            "<div class=\"tab\">{}</div>",
+            chart_svg(&format!("Latency of {name}"), "ms", lines, span)
+        );
+    }
+    out.push_str("</div>");
+    out
 }
 
 /// Renders the whole report as one HTML page.
@@ -262,15 +369,39 @@ pub fn render_html(r: &Report) -> String {
     };
     let _ = write!(
         h,
-        "<div class=\"cards\"><div class=\"card\"><b>{}</b><span>requests</span></div><div class=\"card\"><b>{:.1}/s</b><span>mean rate</span></div><div class=\"card\"><b>{:.2}%</b><span>errors</span></div><div class=\"card\"><b>{}</b><span>p50</span></div><div class=\"card\"><b>{}</b><span>p99</span></div><div class=\"card\"><b>{}</b><span>users at peak</span></div><div class=\"card\"><b>{}</b><span>iterations</span></div></div>",
+        "<div class=\"cards\"><div class=\"card\"><b>{}</b><span>requests</span></div><div class=\"card\"><b>{:.1}/s</b><span>mean rate</span></div><div class=\"card\"><b>{:.2}%</b><span>errors</span></div>",
         count(t.requests),
         t.rate,
         error_ratio,
-        ms(t.latency_ms.p50),
-        ms(t.latency_ms.p99),
+    );
+    // Latency headlines: merged only where the steps are alike, else one card per step.
+    if r.steps_alike() {
+        let _ = write!(
+            h,
+            "<div class=\"card\"><b>{}</b><span>p50</span></div><div class=\"card\"><b>{}</b><span>p99</span></div>",
+            ms(t.latency_ms.p50),
+            ms(t.latency_ms.p99),
+        );
+    }
+    let _ = write!(
+        h,
+        "<div class=\"card\"><b>{}</b><span>users at peak</span></div><div class=\"card\"><b>{}</b><span>iterations</span></div></div>",
         r.users.peak,
         count(r.users.iterations)
     );
+    if !r.steps_alike() {
+        h.push_str("<div class=\"cards\">");
+        for st in &r.steps {
+            let _ = write!(
+                h,
+                "<div class=\"card\"><b>{} · {}</b><span>p50 · p99 of {}</span></div>",
+                ms(st.latency_ms.p50),
+                ms(st.latency_ms.p99),
+                escape(&st.name)
+            );
+        }
+        h.push_str("</div><p class=\"note\">Latency per step only: these steps time different things (a connect, a send, a peer&#39;s reply), so merged percentiles would mean nothing.</p>");
+    }
     if !r.thresholds.is_empty() {
         h.push_str("<h2>Thresholds</h2><table><tr><th>metric</th><th>step</th><th>bound</th><th>observed</th><th>result</th></tr>");
         for th in &r.thresholds {
@@ -293,10 +424,10 @@ pub fn render_html(r: &Report) -> String {
     }
     h.push_str("<h2>Steps</h2><table><tr><th>step</th><th>requests</th><th>rate</th><th>errors</th><th>by kind</th><th>p50</th><th>p90</th><th>p95</th><th>p99</th><th>p99.9</th><th>max</th></tr>");
     for s in &r.steps {
-        h.push_str(&step_row(s));
+        h.push_str(&step_row(s, true));
     }
     if r.steps.len() != 1 {
-        h.push_str(&step_row(&r.total));
+        h.push_str(&step_row(&r.total, r.steps_alike()));
     }
     h.push_str("</table>");
     let u = &r.users;
@@ -370,28 +501,7 @@ pub fn render_html(r: &Report) -> String {
                 .collect(),
         }],
     ));
-    h.push_str(&chart(
-        "Latency percentiles",
-        "ms",
-        &[
-            Line {
-                name: "p50",
-                values: series(s, |p| p.p50),
-            },
-            Line {
-                name: "p90",
-                values: series(s, |p| p.p90),
-            },
-            Line {
-                name: "p99",
-                values: series(s, |p| p.p99),
-            },
-            Line {
-                name: "max",
-                values: series(s, |p| p.max),
-            },
-        ],
-    ));
+    h.push_str(&latency_plots(r));
     for (agent, points) in &r.agents {
         h.push_str(&chart(
             &format!("Agent {agent}: requests per second"),
@@ -416,6 +526,91 @@ mod tests {
             escape("<a href=\"x\">&'"),
             "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
         );
+    }
+
+    fn report(scenario: &str, steps: &[(&str, f64)]) -> Report {
+        let step = |name: &str, p99: f64| {
+            serde_json::json!({"name": name, "requests": 10, "errors": 0, "errorsByKind": {}, "rate": 1.0,
+                "latencyMs": {"min": 0.0, "mean": 0.0, "p50": p99 / 2.0, "p90": p99, "p95": p99, "p99": p99, "p999": p99, "max": p99},
+                "histogram": ""})
+        };
+        let total = step("total", 19_020.0);
+        let steps: Vec<_> = steps.iter().map(|(n, v)| step(n, *v)).collect();
+        let n = steps.len();
+        let series: Vec<_> = (1..=60)
+            .map(|t| serde_json::json!({"t": t as f64, "users": 5, "requests": 10, "errors": 0, "rps": 10.0,
+                "p50": 1.0, "p90": 2.0, "p99": 3.0, "max": 4.0,
+                "stepRequests": vec![5; n], "stepErrors": vec![0; n],
+                "stepP50": vec![0.5; n], "stepP99": vec![0.9; n]}))
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "format": 1, "name": "chat", "scenario": scenario, "startedAtMs": 1_700_000_000_000u64,
+            "durationS": 60.0, "result": "Passed", "endedBy": "duration",
+            "users": {"desired": 5, "peak": 5, "started": 5, "finished": 5, "failed": 0, "iterations": 5},
+            "total": total, "steps": steps, "thresholds": [], "throttles": [], "coordinators": [],
+            "series": series, "bucketS": 1
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn unlike_steps_get_latency_per_step_and_no_merged_headline() {
+        let r = report(
+            "messaging",
+            &[("connect", 2.0), ("send", 0.05), ("reply", 21_040.0)],
+        );
+        assert!(!r.steps_alike());
+        let h = render_html(&r);
+        // No merged p99 card, one card per step, no merged latency in the total row.
+        assert!(!h.contains("<span>p99</span>"), "a merged p99 headline");
+        for step in ["connect", "send", "reply"] {
+            assert!(
+                h.contains(&format!("<span>p50 · p99 of {step}</span>")),
+                "{step}"
+            );
+            assert!(h.contains(&format!(">{step}</label>")), "{step}");
+        }
+        assert!(!h.contains(">all steps</label>"));
+        assert!(h.contains("<td>total</td><td>10</td><td>1.0/s</td><td>0</td><td></td><td>·</td>"));
+        // The summary table says the same.
+        let t = crate::report::summary::summary_table(&r);
+        assert!(!t.contains("19.02s"), "{t}");
+        assert!(t.contains("no merged latency"), "{t}");
+    }
+
+    #[test]
+    fn alike_steps_keep_the_merged_headline_and_plot() {
+        let r = report("http", &[("home", 2.0), ("buy", 5.0)]);
+        assert!(r.steps_alike());
+        let h = render_html(&r);
+        assert!(h.contains("<span>p99</span>"));
+        assert!(h.contains(">all steps</label>") && h.contains(">buy</label>"));
+        assert!(!h.contains("p50 · p99 of"));
+    }
+
+    #[test]
+    fn the_time_axis_ends_on_its_last_label() {
+        let r = report("http", &[("home", 2.0)]);
+        let h = render_html(&r);
+        // 60 s: the last tick is 60s, inside the drawing (its centre plus half a label's
+        // width within the 560-wide view box), and no tick beyond the axis.
+        let at = h.find(">60s</text>").expect("a 60s label");
+        let x: f64 = h[..at]
+            .rsplit("x=\"")
+            .next()
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(x + 15.0 <= 560.0, "the 60s label at {x} is cut");
+        assert!(!h.contains(">70s</text>"));
+        // An axis ending at 59.8 s has no 60s tick past its end.
+        let mut r = r;
+        r.series.last_mut().unwrap().t = 59.8;
+        let h = render_html(&r);
+        assert!(!h.contains(">60s</text>") && h.contains(">50s</text>"));
     }
 
     #[test]

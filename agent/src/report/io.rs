@@ -28,7 +28,9 @@ pub enum ReportError {
     },
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
+/// Writes a file atomically (a temporary file renamed into place), so that a reader never
+/// sees half of it.
+pub fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
     let io = |source| ReportError::Io {
         path: path.to_owned(),
         source,
@@ -52,9 +54,9 @@ pub fn write_reports(dir: &Path, report: &Report) -> Result<Vec<PathBuf>, Report
     })?;
     let json = dir.join("report.json");
     let text = serde_json::to_vec_pretty(report).expect("a report always serialises");
-    write_atomic(&json, &text)?;
+    write_file(&json, &text)?;
     let html = dir.join("report.html");
-    write_atomic(&html, crate::report::html::render_html(report).as_bytes())?;
+    write_file(&html, crate::report::html::render_html(report).as_bytes())?;
     Ok(vec![json, html])
 }
 
@@ -71,7 +73,8 @@ pub fn read_report(path: &Path) -> Result<Report, ReportError> {
 }
 
 /// Merges consecutive series points so that at most `max_points` remain. Counts add up;
-/// `users` is the last of the bucket; `max` is the bucket's max; `p50/p90/p99` are the
+/// `users` is the last of the bucket; `max` is the bucket's max; `p50/p90/p99` (and the
+/// per-step ones) are the
 /// largest of the merged points (an upper bound: exact merged percentiles need the
 /// histograms, which the series does not keep).
 pub fn downsample(report: &Report, max_points: usize) -> Report {
@@ -113,6 +116,18 @@ pub fn downsample(report: &Report, max_points: usize) -> Report {
                     m.step_errors.resize(j + 1, 0);
                 }
                 m.step_errors[j] += v;
+            }
+            // Upper bounds, like p50/p99 above.
+            for (merged, point) in [
+                (&mut m.step_p50, &p.step_p50),
+                (&mut m.step_p99, &p.step_p99),
+            ] {
+                if merged.len() < point.len() {
+                    merged.resize(point.len(), 0.0);
+                }
+                for (j, v) in point.iter().enumerate() {
+                    merged[j] = merged[j].max(*v);
+                }
             }
         }
         // The first point's own span is unknown here: assume the series' bucket size.

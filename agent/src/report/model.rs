@@ -35,7 +35,8 @@ pub struct Report {
     pub ended_by: String,
     /// Users over the whole test.
     pub users: UserSummary,
-    /// All steps together.
+    /// All steps together. Its counts always add up; its latency percentiles mean
+    /// something only when the steps are alike ([`Report::steps_alike`]).
     pub total: StepSummary,
     /// Per step, in the order the scenario names them.
     pub steps: Vec<StepSummary>,
@@ -52,6 +53,19 @@ pub struct Report {
     /// Per-agent series (distributed runs), by agent name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub agents: BTreeMap<String, Vec<SeriesPoint>>,
+}
+
+impl Report {
+    /// Whether the steps time the same kind of action, so that their merged latency (the
+    /// `total` row's percentiles) is a figure worth a headline. True for one step, and for
+    /// `http` scenarios, whose every step is one request's round trip to the target (what
+    /// k6 calls `http_req_duration`). False otherwise: a messaging or WebSocket scenario
+    /// times a connect (milliseconds), a send (microseconds) and a peer's reply (seconds,
+    /// by design), and a custom scenario's steps are whatever it says; merged, their p99
+    /// is the slowest kind's and means nothing. Those reports show latency per step only.
+    pub fn steps_alike(&self) -> bool {
+        self.steps.len() <= 1 || self.scenario == "http"
+    }
 }
 
 /// Passed or failed.
@@ -176,4 +190,11 @@ pub struct SeriesPoint {
     /// Errors per step in the bucket.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub step_errors: Vec<u64>,
+    /// Median latency per step in the bucket, milliseconds (0 for a step without
+    /// requests in it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub step_p50: Vec<f64>,
+    /// 99th percentile per step in the bucket, milliseconds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub step_p99: Vec<f64>,
 }

@@ -37,33 +37,50 @@ pub enum StoredReportError {
 }
 
 /// Reads the stored report of test `name` (in `namespace`, else the kubeconfig's) and
-/// writes `report.json` and `report.html` into `out`.
+/// writes `report.json` and `report.html` into `out`; returns the report and the files.
 pub async fn write_stored_report(
     name: &str,
     namespace: Option<&str>,
     out: &Path,
-) -> Result<Vec<PathBuf>, StoredReportError> {
+) -> Result<(Report, Vec<PathBuf>), StoredReportError> {
     let client = kube::Client::try_default()
         .await
         .map_err(StoredReportError::Cluster)?;
     let namespace = namespace
         .map(str::to_owned)
         .unwrap_or_else(|| client.default_namespace().to_owned());
-    let cms: Api<ConfigMap> = Api::namespaced(client, &namespace);
-    let cm = cms
-        .get_opt(&format!("{name}-report"))
-        .await
-        .map_err(StoredReportError::Cluster)?
+    let report = read_stored_report(client, name, &namespace)
+        .await?
         .ok_or_else(|| StoredReportError::Missing {
             name: name.to_owned(),
             namespace: namespace.clone(),
         })?;
+    let paths = write_reports(out, &report)?;
+    Ok((report, paths))
+}
+
+/// The stored report of test `name` in `namespace`; `None` while there is none (the test
+/// has not finished, or is unknown).
+pub async fn read_stored_report(
+    client: kube::Client,
+    name: &str,
+    namespace: &str,
+) -> Result<Option<Report>, StoredReportError> {
+    let cms: Api<ConfigMap> = Api::namespaced(client, namespace);
+    let Some(cm) = cms
+        .get_opt(&format!("{name}-report"))
+        .await
+        .map_err(StoredReportError::Cluster)?
+    else {
+        return Ok(None);
+    };
     let gz = cm
         .binary_data
         .and_then(|d| d.get(REPORT_KEY).map(|b| b.0.clone()))
         .ok_or_else(|| StoredReportError::Unreadable(name.into(), format!("no {REPORT_KEY}")))?;
-    let report = decode(&gz).map_err(|e| StoredReportError::Unreadable(name.into(), e))?;
-    Ok(write_reports(out, &report)?)
+    decode(&gz)
+        .map(Some)
+        .map_err(|e| StoredReportError::Unreadable(name.into(), e))
 }
 
 /// A report from its gzip-compressed JSON.

@@ -1,5 +1,6 @@
 //! The end-of-run summary `murmur run` prints: one row per step (requests, rate, errors,
-//! p50/p90/p99/max), the total, users, thresholds, throttles, coordinators and the result.
+//! p50/p90/p99/max), the total (its latency only when the steps are alike), users,
+//! thresholds, throttles, coordinators and the result.
 
 use std::fmt::Write as _;
 
@@ -27,7 +28,9 @@ pub fn ms(v: f64) -> String {
     }
 }
 
-fn row(out: &mut String, s: &StepSummary) {
+/// One row of the table; `latency: false` leaves the latency columns out (the merged row
+/// of unlike steps, whose percentiles mean nothing).
+fn row(out: &mut String, s: &StepSummary, latency: bool) {
     let errors = if s.errors == 0 {
         "0".to_owned()
     } else {
@@ -39,19 +42,24 @@ fn row(out: &mut String, s: &StepSummary) {
         format!("{} ({})", count(s.errors), kinds.join(", "))
     };
     let l = &s.latency_ms;
+    let [p50, p90, p99, max] = if latency {
+        [l.p50, l.p90, l.p99, l.max].map(ms)
+    } else {
+        ["·"; 4].map(String::from)
+    };
     let _ = writeln!(
         out,
         "  {:<20} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9}  {}",
         truncate(&s.name, 20),
         count(s.requests),
         format!("{:.1}/s", s.rate),
-        ms(l.p50),
-        ms(l.p90),
-        ms(l.p99),
-        ms(l.max),
+        p50,
+        p90,
+        p99,
+        max,
         errors
     );
-    if let Some(c) = &s.corrected_latency_ms {
+    if let Some(c) = s.corrected_latency_ms.as_ref().filter(|_| latency) {
         let _ = writeln!(
             out,
             "  {:<20} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9}  (from intended start: coordinated-omission corrected)",
@@ -101,10 +109,16 @@ pub fn summary_table(r: &Report) -> String {
         "step", "requests", "rate", "p50", "p90", "p99", "max"
     );
     for s in &r.steps {
-        row(&mut out, s);
+        row(&mut out, s, true);
     }
     if r.steps.len() != 1 {
-        row(&mut out, &r.total);
+        row(&mut out, &r.total, r.steps_alike());
+        if !r.steps_alike() {
+            let _ = writeln!(
+                out,
+                "  (no merged latency: these steps time different things; see each step's)"
+            );
+        }
     }
     if !r.thresholds.is_empty() {
         let _ = writeln!(out, "\nthresholds:");

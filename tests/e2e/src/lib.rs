@@ -20,6 +20,7 @@ pub mod ipalloc;
 pub mod kubelet;
 pub mod manifests;
 pub mod procs;
+pub mod prometheus;
 pub mod util;
 
 pub use control_plane::ControlPlane;

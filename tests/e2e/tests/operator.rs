@@ -4,11 +4,13 @@
 //! agents; `kubectl scale`, `kubectl patch` of `spec.users` and of `spec.agents` (up and
 //! down) change the running set to exactly 1..N; a deleted agent pod comes back and no
 //! user is lost or doubled; an edit of a field read at the start gets an `EditIgnored`
-//! Event; `spec.stop` ends the test with its result and report; a Throttle edited live changes the measured rate, and a
+//! Event; a real Prometheus scrapes the master and finds the test's request rate, errors by
+//! kind and latency histogram with their labels; `spec.stop` ends the test with its result and report; a Throttle edited live changes the measured rate, and a
 //! Coordinator's status shows its groups, without the operator's own status writes making
 //! it reconcile in a loop; the examples run to Passed; an invalid LoadTest creates nothing
-//! and recovers when fixed; a finished test keeps its result and its report (`murmur
-//! report`) after its pods are gone; a master that never answers fails its test with the
+//! and recovers when fixed; `kubectl wait --for=condition=Finished` returns when a test
+//! ends, and `murmur wait` exits 1 on a failed threshold, with its JUnit XML; a finished
+//! test keeps its result and its report (`murmur report`) after its pods are gone; a master that never answers fails its test with the
 //! pod's state; `cleanup.policy: Never` keeps the pods and the TTL takes the test;
 //! `kubectl delete` leaves nothing behind; twenty tests at once (the operator's memory);
 //! the operator killed (SIGKILL) three times while its test is scaled takes every edit up
@@ -27,6 +29,7 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::Client;
 use murmuration_crds::{Coordinator, LoadTest, Throttle};
 use murmuration_e2e::manifests;
+use murmuration_e2e::prometheus::{Prometheus, ScrapeJob};
 use murmuration_e2e::util::{http_get, poll_until, scaled};
 use murmuration_e2e::{binaries, ControlPlane, KubeletConfig, Result, TestKubelet};
 use serde_json::json;
@@ -330,6 +333,17 @@ async fn the_operator_runs_scales_and_cleans_up_load_tests() -> Result<()> {
         assert!(table.contains(column), "no column {column}: {table}");
     }
     assert!(table.contains("Running"), "{table}");
+    // A real Prometheus scrapes the master (its /metrics needs no token) at the address
+    // the kubelet gave it, every second, while the test is scaled below.
+    let master_ip = kubelet
+        .pod_ip(NS, "shop-master")
+        .expect("the master's pod IP");
+    let prom = Prometheus::start(&[ScrapeJob {
+        name: "murmuration-masters".into(),
+        targets: vec![format!("{master_ip}:8080")],
+        interval_s: 1,
+    }])
+    .await?;
     poll_until(
         "a request rate in the status",
         scaled(Duration::from_secs(20)),
@@ -478,6 +492,42 @@ async fn the_operator_runs_scales_and_cleans_up_load_tests() -> Result<()> {
     let events = events_of(&cp, "shop", "", &[]);
     assert!(events.contains("Started"), "{events}");
     assert!(events.contains("Scaled"), "{events}");
+    // Prometheus found the test's request rate, its errors by kind and its latency
+    // histogram, with the labels test, namespace and step.
+    let labels = format!(r#"test="shop",namespace="{NS}",step="home""#);
+    for (what, expr) in [
+        (
+            "the request rate",
+            format!("sum(rate(murmuration_requests_total{{{labels}}}[10s])) > 0"),
+        ),
+        (
+            "the errors by kind",
+            format!(r#"murmuration_errors_total{{{labels},kind="status"}}"#),
+        ),
+        (
+            "the p99 from the latency histogram",
+            format!(
+                "histogram_quantile(0.99, sum by (le) (rate(murmuration_request_duration_seconds_bucket{{{labels}}}[10s]))) > 0"
+            ),
+        ),
+        (
+            "the running users",
+            format!(r#"murmuration_users{{test="shop",namespace="{NS}",state="running"}} > 0"#),
+        ),
+    ] {
+        let found = poll_until(
+            format!("Prometheus: {what}"),
+            scaled(Duration::from_secs(30)),
+            Duration::from_millis(500),
+            &[],
+            || async { prom.query(&expr).filter(|r| !r.is_empty()) },
+        )
+        .await
+        .inspect_err(|_| eprintln!("{}", prom.log()))?;
+        eprintln!("operator: Prometheus: {what}: {}", found[0]["value"]);
+    }
+    drop(prom);
+
     // spec.stop: the test ends as any other (result, report), before its end.
     patch_test(&cp, "shop", r#"{"spec":{"stop":"Graceful"}}"#);
     let st = wait_finished(&tests, &kubelet, "shop", Duration::from_secs(30)).await?;
@@ -751,7 +801,29 @@ spec:
         .replace("        - throttle: nowhere\n", "")
         .replace("  duration: 3s\n", "  duration: 3s\n  cleanup: {policy: Always}\n  thresholds:\n    - {metric: errors.ratio, max: \"0.01\"}\n");
     manifests::apply_yaml(&admin, &fixed, NS).await?;
-    let st = wait_finished(&tests, &kubelet, "bad", Duration::from_secs(90)).await?;
+    // What a CI pipeline does: kubectl waits for condition Finished, whose reason is the
+    // result.
+    kubectl(
+        &cp,
+        &[
+            "wait",
+            "-n",
+            NS,
+            "--for=condition=Finished",
+            &format!("--timeout={}s", scaled(Duration::from_secs(90)).as_secs()),
+            "lt/bad",
+        ],
+    );
+    let st = wait_finished(&tests, &kubelet, "bad", Duration::from_secs(10)).await?;
+    let finished = st["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Finished")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(finished["status"], "True", "{st}");
+    assert_eq!(finished["reason"], "Passed", "{st}");
     assert_eq!(st["phase"], "Succeeded", "{st}");
     assert_eq!(st["result"], "Passed", "{st}");
     assert_eq!(st["thresholds"][0]["passed"], true, "{st}");
@@ -792,6 +864,81 @@ spec:
     // kubectl delete: nothing of the test is left.
     kubectl(&cp, &["delete", "-n", NS, "lt/bad"]);
     assert_nothing_left(&admin, "bad").await?;
+
+    // CI: `murmur wait` follows a test whose threshold fails and exits 1, with its JUnit
+    // XML naming the failed threshold; kubectl's wait sees reason Failed.
+    let ci = format!(
+        "apiVersion: murmuration.dev/v1alpha1
+kind: LoadTest
+metadata: {{name: ci, namespace: {NS}}}
+spec:
+  users: 1
+  agents: 1
+  duration: 3s
+  cleanup: {{policy: Always}}
+  scenario:
+    http:
+      baseUrl: http://demo.{NS}.svc:8080
+      steps:
+        - request: {{name: home, path: /}}
+  thresholds:
+    - {{metric: errors.ratio, max: \"0.01\"}}
+    - {{metric: requests.count, step: home, max: \"1\"}}
+"
+    );
+    manifests::apply_yaml(&admin, &ci, NS).await?;
+    let junit = out.path().join("ci.xml");
+    let waited = Command::new(&murmur)
+        .args(["wait", "ci", "-n", NS, "--plain", "--progress-every", "1"])
+        .args([
+            "--timeout",
+            &format!("{}s", scaled(Duration::from_secs(90)).as_secs()),
+        ])
+        .arg("--junit")
+        .arg(&junit)
+        .env("KUBECONFIG", cp.admin_kubeconfig())
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&waited.stdout),
+        String::from_utf8_lossy(&waited.stderr)
+    );
+    assert_eq!(waited.status.code(), Some(1), "murmur wait: {said}");
+    assert!(said.contains("result: FAILED"), "{said}");
+    assert!(said.contains("✗ requests.count of home"), "{said}");
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(
+        xml.contains("tests=\"2\" failures=\"1\""),
+        "two cases, one failed: {xml}"
+    );
+    assert!(
+        xml.contains("<testcase name=\"requests.count of home ≤ 1\"")
+            && xml.contains("<failure message=\"observed"),
+        "{xml}"
+    );
+    kubectl(
+        &cp,
+        &[
+            "wait",
+            "-n",
+            NS,
+            "--for=condition=Finished",
+            "--timeout=10s",
+            "lt/ci",
+        ],
+    );
+    let st = status_of(&tests, "ci").await.unwrap();
+    assert!(
+        st["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["type"] == "Finished" && c["reason"] == "Failed"),
+        "{st}"
+    );
+    kubectl(&cp, &["delete", "-n", NS, "lt/ci"]);
+    assert_nothing_left(&admin, "ci").await?;
 
     // A test whose master never answers (an image this cluster cannot run): Failed once its
     // start barrier and the operator's grace (2 s, from the chart's values) are over, with

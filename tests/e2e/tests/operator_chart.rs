@@ -1,7 +1,8 @@
 //! The Helm chart without a cluster: `helm lint` (Helm SDK) has nothing worse than an
 //! INFO to say, and the chart renders what its values promise — the operator pod hardened
 //! and listening on its pod IP, leader election's Role only when enabled, a ServiceMonitor
-//! only when asked for, selecting the metrics Service by labels that survive upgrades.
+//! only when asked for, selecting the metrics Service by labels that survive upgrades; a
+//! PodMonitor of every test's master and a Grafana dashboard ConfigMap when asked for.
 //! The install itself (CRDs, RBAC, the operator running) is in `tests/operator.rs`.
 
 use std::process::Command;
@@ -211,4 +212,65 @@ fn the_chart_renders_what_its_values_promise() {
     }
     assert!(!selector.contains_key("helm.sh/chart"), "{selector:?}");
     assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
+}
+
+#[test]
+fn the_chart_renders_a_pod_monitor_for_masters_and_a_grafana_dashboard() {
+    // Off by default.
+    let objects = render(json!({}));
+    assert!(!kinds(&objects).contains(&"PodMonitor".to_owned()));
+    assert!(!kinds(&objects).contains(&"ConfigMap".to_owned()));
+
+    let objects = render(json!({"metrics": {
+        "podMonitor": {"enabled": true, "labels": {"release": "prom"}},
+        "grafanaDashboard": {"enabled": true, "namespace": "monitoring"}
+    }}));
+    let monitor = find(&objects, "PodMonitor");
+    assert_eq!(monitor["metadata"]["labels"]["release"], "prom");
+    assert_eq!(monitor["spec"]["namespaceSelector"]["any"], true);
+    // The labels the operator gives master pods (operator/src/names.rs), and their port.
+    assert_eq!(
+        monitor["spec"]["selector"]["matchLabels"],
+        json!({
+            "app.kubernetes.io/name": "murmuration",
+            "app.kubernetes.io/managed-by": "murmuration-operator",
+            "app.kubernetes.io/component": "master"
+        })
+    );
+    let endpoint = &monitor["spec"]["podMetricsEndpoints"][0];
+    assert_eq!(endpoint["port"], "api");
+    assert_eq!(endpoint["path"], "/metrics");
+
+    let cm = find(&objects, "ConfigMap");
+    assert_eq!(cm["metadata"]["namespace"], "monitoring");
+    assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
+    let dashboard: Value =
+        serde_json::from_str(cm["data"]["murmuration.json"].as_str().unwrap()).unwrap();
+    let titles: Vec<&str> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["title"].as_str().unwrap())
+        .collect();
+    for what in [
+        "Users",
+        "Requests per second",
+        "Errors",
+        "p50",
+        "p99",
+        "Throttles",
+        "Agents",
+    ] {
+        assert!(
+            titles.iter().any(|t| t.contains(what)),
+            "{what}: {titles:?}"
+        );
+    }
+    // Every panel queries the masters' metrics (their names are checked against what a
+    // master serves in agent/src/master/metrics.rs).
+    for p in dashboard["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            assert!(t["expr"].as_str().unwrap().contains("murmuration_"), "{t}");
+        }
+    }
 }
