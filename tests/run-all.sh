@@ -11,5 +11,7 @@ cd "$(dirname "$0")/.."
 
 # The Kubernetes control plane binaries (built once, then cached) and the Helm SDK.
 bash tests/e2e/scripts/control-plane-build.sh
+# The Python `websockets` package: the WebSocket server the agent's tests run against.
+bash tests/scripts/python-websockets.sh
 
 cargo test --workspace --all-targets --no-fail-fast "$@"
