@@ -48,5 +48,7 @@ if ! wait "$cp_pid"; then
 fi
 trap - EXIT
 log "control plane ready: $(tail -n 1 "$cp_log")"
+# The Python `websockets` package: the WebSocket server the agent's tests run against.
+bash tests/scripts/python-websockets.sh
 
 cargo test --workspace --all-targets --no-fail-fast "$@"

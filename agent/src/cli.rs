@@ -119,7 +119,8 @@ struct RunArgs {
     #[arg(long = "set", value_name = "NAME=VALUE")]
     set: Vec<String>,
     /// Start a bundled demo target on a free loopback port first and point `vars.target`
-    /// at it: `http` (sets `http://127.0.0.1:PORT`) or `messaging` (sets `127.0.0.1:PORT`).
+    /// at it: `http` (sets `http://127.0.0.1:PORT`), `messaging` (sets `127.0.0.1:PORT`) or
+    /// `websocket` (sets `ws://127.0.0.1:PORT`).
     #[arg(long, value_enum)]
     demo_server: Option<DemoKind>,
     /// Progress as plain lines even on a terminal.
@@ -138,6 +139,7 @@ struct RunArgs {
 enum DemoKind {
     Http,
     Messaging,
+    Websocket,
 }
 
 #[derive(clap::Args, Debug)]
@@ -169,6 +171,8 @@ struct DemoArgs {
 pub fn main_with(registry: Registry) -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log, cli.log_json);
+    // Every connected user (and every connection a demo server takes) is a descriptor.
+    crate::limits::raise_open_files();
     match cli.command {
         Commands::Run(args) => run_command(args, registry),
         Commands::DemoServer(args) => demo_command(args),
@@ -600,6 +604,7 @@ fn parse_value(v: &str) -> serde_json::Value {
 enum DemoHandle {
     Http(#[allow(dead_code)] crate::demo::http::HttpDemo),
     Messaging(#[allow(dead_code)] crate::demo::messaging::MessagingDemo),
+    WebSocket(#[allow(dead_code)] crate::demo::websocket::WebSocketDemo),
 }
 
 /// Starts a bundled target on a free loopback port; returns it and the value for
@@ -624,6 +629,13 @@ async fn start_demo(kind: DemoKind) -> Result<(DemoHandle, String), String> {
             let addr = demo.local_addr().to_string();
             eprintln!("demo target: murmur demo-server messaging on {addr} (vars.target)");
             Ok((DemoHandle::Messaging(demo), addr))
+        }
+        DemoKind::Websocket => {
+            let demo = crate::demo::websocket::WebSocketDemo::start(listen, 1)
+                .map_err(|e| e.to_string())?;
+            let url = format!("ws://{}", demo.local_addr());
+            eprintln!("demo target: murmur demo-server websocket on {url} (vars.target)");
+            Ok((DemoHandle::WebSocket(demo), url))
         }
     }
 }
@@ -679,5 +691,18 @@ fn demo_command(args: DemoArgs) -> ExitCode {
                 ExitCode::from(EXIT_INVALID)
             }
         },
+        DemoKind::Websocket => {
+            match crate::demo::websocket::WebSocketDemo::start(args.listen, threads) {
+                Ok(demo) => {
+                    println!("listening on {} (websocket)", demo.local_addr());
+                    demo.join();
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: cannot serve on {}: {e}", args.listen);
+                    ExitCode::from(EXIT_INVALID)
+                }
+            }
+        }
     }
 }

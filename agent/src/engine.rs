@@ -165,6 +165,10 @@ fn scenario_of(
             Arc::new(Arc::new(h.clone())) as Arc<dyn DynScenario>,
             serde_json::Value::Null,
         ),
+        ScenarioPlan::WebSocket(w) => (
+            Arc::new(Arc::new(w.clone())) as Arc<dyn DynScenario>,
+            serde_json::Value::Null,
+        ),
         ScenarioPlan::Messaging(m) => {
             let users = crate::scenario::messaging::MessagingUsers::new(m)
                 .map_err(|e| EngineError::Setup(format!("spec.scenario.messaging: {e}")))?;
@@ -620,6 +624,7 @@ pub fn build_report(p: ReportParts<'_>) -> Report {
             finished: u.finished,
             failed: u.failed,
             iterations: u.iterations,
+            unmatched: u.unmatched,
         },
         total,
         steps,

@@ -1,5 +1,5 @@
 //! Murmuration's load engine: the scenario model (amoc's `init`/`start`/`terminate`), users
-//! as lightweight tasks, the declarative `http` and `messaging` scenarios, throttles,
+//! as lightweight tasks, the declarative `http` and `websocket` scenarios, the `messaging` one, throttles,
 //! coordinators, HDR-histogram metrics with a 1 s time series, thresholds, reports, the
 //! bundled demo targets, and the `murmur` command line.
 //!
@@ -15,6 +15,7 @@ pub mod coordinator;
 pub mod demo;
 pub mod engine;
 pub mod field;
+pub mod limits;
 pub mod master;
 pub mod metrics;
 pub mod plan;

@@ -46,11 +46,16 @@ pub enum ErrorKind {
     Extract,
     /// Anything else a scenario reports.
     Other,
+    /// The server closed the connection (WebSocket): the user's iteration ends there.
+    Closed,
 }
 
 impl ErrorKind {
+    /// How many kinds there are.
+    pub const COUNT: usize = 9;
+
     /// All kinds, in report order.
-    pub const ALL: [ErrorKind; 8] = [
+    pub const ALL: [ErrorKind; ErrorKind::COUNT] = [
         ErrorKind::Connect,
         ErrorKind::Timeout,
         ErrorKind::Tls,
@@ -59,6 +64,7 @@ impl ErrorKind {
         ErrorKind::Check,
         ErrorKind::Extract,
         ErrorKind::Other,
+        ErrorKind::Closed,
     ];
 
     /// The kind's name in reports.
@@ -72,6 +78,7 @@ impl ErrorKind {
             ErrorKind::Check => "check",
             ErrorKind::Extract => "extract",
             ErrorKind::Other => "other",
+            ErrorKind::Closed => "closed",
         }
     }
 }
@@ -82,7 +89,7 @@ pub struct StepStats {
     /// Completed actions (successful or not).
     pub requests: u64,
     /// Failed actions by kind (indexed like [`ErrorKind::ALL`]).
-    pub errors: [u64; 8],
+    pub errors: [u64; ErrorKind::COUNT],
     /// Latency of every completed action, in microseconds.
     pub latency: Histogram<u64>,
     /// Latency measured from when the action should have started (paced load only), in
@@ -94,7 +101,7 @@ impl Default for StepStats {
     fn default() -> Self {
         StepStats {
             requests: 0,
-            errors: [0; 8],
+            errors: [0; ErrorKind::COUNT],
             latency: new_histogram(),
             corrected: new_histogram(),
         }
@@ -153,6 +160,10 @@ pub struct UserEvents {
     pub failed: u64,
     /// Scenario iterations completed.
     pub iterations: u64,
+    /// WebSocket messages that did not match the `receive` waiting when they came (kept
+    /// for later receives).
+    #[serde(default)]
+    pub unmatched: u64,
 }
 
 impl UserEvents {
@@ -162,6 +173,7 @@ impl UserEvents {
         self.finished += other.finished;
         self.failed += other.failed;
         self.iterations += other.iterations;
+        self.unmatched += other.unmatched;
     }
 }
 
@@ -313,7 +325,7 @@ impl Percentiles {
 }
 
 /// Error counts by kind name, leaving out kinds that did not happen.
-pub fn errors_by_kind(errors: &[u64; 8]) -> BTreeMap<String, u64> {
+pub fn errors_by_kind(errors: &[u64; ErrorKind::COUNT]) -> BTreeMap<String, u64> {
     ErrorKind::ALL
         .iter()
         .zip(errors.iter())

@@ -17,6 +17,7 @@ use murmuration_crds::{CoordinatorSpec, LoadTest, ThrottleSpec};
 use serde::Deserialize;
 
 use crate::scenario::http::HttpScenario;
+use crate::scenario::websocket_plan::WebSocketPlan;
 use crate::scenario::{Registry, Vars};
 use crate::thresholds::Thresholds;
 
@@ -247,6 +248,8 @@ pub use crate::users::RepeatPlan;
 pub enum ScenarioPlan {
     /// The declarative HTTP scenario, compiled.
     Http(HttpScenario),
+    /// The declarative WebSocket scenario, compiled.
+    WebSocket(WebSocketPlan),
     /// The messaging users of amoc's Livebook demo.
     Messaging(MessagingScenario),
     /// A scenario registered in the binary.
@@ -259,10 +262,11 @@ pub enum ScenarioPlan {
 }
 
 impl ScenarioPlan {
-    /// `http`, `messaging` or `custom:<name>`.
+    /// `http`, `websocket`, `messaging` or `custom:<name>`.
     pub fn kind(&self) -> String {
         match self {
             ScenarioPlan::Http(_) => "http".into(),
+            ScenarioPlan::WebSocket(_) => "websocket".into(),
             ScenarioPlan::Messaging(_) => "messaging".into(),
             ScenarioPlan::Custom { name, .. } => format!("custom:{name}"),
         }
@@ -371,9 +375,24 @@ pub fn build_plan(
         sc.http.is_some(),
         sc.messaging.is_some(),
         sc.custom.is_some(),
+        sc.websocket.is_some(),
     ];
     let scenario = match kinds {
-        [true, false, false] => {
+        [false, false, false, true] => {
+            let at = "spec.scenario.websocket";
+            let w = WebSocketPlan::compile(sc.websocket.as_ref().expect("checked"), at)?;
+            for v in w.vars_used() {
+                if !vars.contains_key(&v) {
+                    return Err(FieldError::new(
+                        at,
+                        format!("uses {{{{vars.{v}}}}}, but spec.vars has no {v:?} (murmur run can set it: --set {v}=...)"),
+                    ));
+                }
+            }
+            w.check_urls(&vars)?;
+            ScenarioPlan::WebSocket(w)
+        }
+        [true, false, false, false] => {
             let h =
                 HttpScenario::compile(sc.http.as_ref().expect("checked"), "spec.scenario.http")?;
             for v in h.vars_used() {
@@ -386,13 +405,13 @@ pub fn build_plan(
             }
             ScenarioPlan::Http(h)
         }
-        [false, true, false] => {
+        [false, true, false, false] => {
             let m = sc.messaging.clone().expect("checked");
             crate::scenario::messaging::MessagingUsers::new(&m)
                 .map_err(|e| FieldError::new("spec.scenario.messaging", e))?;
             ScenarioPlan::Messaging(m)
         }
-        [false, false, true] => {
+        [false, false, true, false] => {
             let c = sc.custom.as_ref().expect("checked");
             if !registry.contains(&c.name) {
                 let known = registry.names();
@@ -417,25 +436,36 @@ pub fn build_plan(
         _ => {
             return Err(FieldError::new(
                 "spec.scenario",
-                "needs exactly one of http, messaging or custom",
+                "needs exactly one of http, websocket, messaging or custom",
             ))
         }
     };
-    if let ScenarioPlan::Http(h) = &scenario {
+    let used = match &scenario {
+        ScenarioPlan::Http(h) => {
+            Some(("spec.scenario.http.steps", h.throttles(), h.coordinators()))
+        }
+        ScenarioPlan::WebSocket(w) => Some((
+            "spec.scenario.websocket.steps",
+            w.throttles(),
+            w.coordinators(),
+        )),
+        _ => None,
+    };
+    if let Some((at, used_throttles, used_coordinators)) = used {
         let known: BTreeSet<&str> = throttles.iter().map(|(n, _)| n.as_str()).collect();
-        for t in h.throttles() {
+        for t in used_throttles {
             if !known.contains(t.as_str()) {
                 return Err(FieldError::new(
-                    "spec.scenario.http.steps",
+                    at,
                     format!("a throttle step names {t:?}, but no Throttle of that name is defined"),
                 ));
             }
         }
         let known: BTreeSet<&str> = coordinators.iter().map(|(n, _)| n.as_str()).collect();
-        for c in h.coordinators() {
+        for c in used_coordinators {
             if !known.contains(c.as_str()) {
                 return Err(FieldError::new(
-                    "spec.scenario.http.steps",
+                    at,
                     format!(
                         "a coordinate step names {c:?}, but no Coordinator of that name is defined"
                     ),
@@ -445,9 +475,14 @@ pub fn build_plan(
     }
     let thresholds = Thresholds::compile(&spec.thresholds)
         .map_err(|e| FieldError::new(e.field.clone(), e.reason.clone()))?;
-    if let ScenarioPlan::Http(h) = &scenario {
+    let step_names = match &scenario {
+        ScenarioPlan::Http(h) => Some(h.step_names()),
+        ScenarioPlan::WebSocket(w) => Some(w.step_names()),
+        _ => None,
+    };
+    if let Some(names) = step_names {
         thresholds
-            .check_steps(&h.step_names())
+            .check_steps(&names)
             .map_err(|e| FieldError::new(e.field.clone(), e.reason.clone()))?;
     }
     let wait_for_agents = spec

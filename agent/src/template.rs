@@ -92,6 +92,24 @@ impl Template {
         })
     }
 
+    /// Renders a template that uses only `vars.NAME` (and text) with `vars`, to check what
+    /// it gives before any user runs; `None` when it uses anything else (user values,
+    /// the time) or a variable `vars` lacks.
+    pub fn render_with_vars(
+        &self,
+        vars: &serde_json::Map<String, serde_json::Value>,
+    ) -> Option<String> {
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                Part::Text(t) => out.push_str(t),
+                Part::Var(name) => push_value(vars.get(name)?, &mut out),
+                _ => return None,
+            }
+        }
+        Some(out)
+    }
+
     /// Renders for `user`, appending to `out`. A missing value renders as nothing; plans are
     /// validated so that `vars.NAME` always exists, and a missing user value is the
     /// scenario's own doing (e.g. an extract that failed and was already counted).

@@ -147,7 +147,7 @@ pub struct WireStep {
     /// Completed actions.
     pub requests: u64,
     /// Failures by kind.
-    pub errors: [u64; 8],
+    pub errors: [u64; crate::metrics::ErrorKind::COUNT],
     /// Latency histogram ([`encode_histogram`]).
     pub latency: String,
     /// Corrected latency histogram, empty when not paced.

@@ -16,6 +16,7 @@ pub mod loadtest;
 pub mod schema;
 pub mod throttle;
 pub mod units;
+pub mod websocket;
 
 pub use coordinator::{Coordinator, CoordinatorSpec, CoordinatorStatus};
 pub use loadtest::{LoadTest, LoadTestSpec, LoadTestStatus};

@@ -90,7 +90,7 @@ pub struct LoadTestSpec {
     #[schemars(schema_with = "crate::schema::vars_map")]
     pub vars: BTreeMap<String, serde_json::Value>,
 
-    /// What every user does. Exactly one of `http`, `messaging` or `custom`.
+    /// What every user does. Exactly one of `http`, `websocket`, `messaging` or `custom`.
     pub scenario: ScenarioSpec,
 
     /// Pass/fail criteria, evaluated live and at the end; any failed threshold makes the
@@ -150,11 +150,16 @@ pub struct Repeat {
 /// The scenario every user runs: exactly one of its fields is set.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[schemars(extend("oneOf" = [{"required": ["http"]}, {"required": ["messaging"]}, {"required": ["custom"]}]))]
+#[schemars(extend("oneOf" = [{"required": ["http"]}, {"required": ["websocket"]}, {"required": ["messaging"]}, {"required": ["custom"]}]))]
 pub struct ScenarioSpec {
     /// A declarative HTTP scenario: a list of steps that every user runs in order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpScenario>,
+
+    /// A declarative WebSocket scenario: every user holds one connection and runs its
+    /// steps (connect, send, receive, close...) in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub websocket: Option<crate::websocket::WebSocketScenario>,
 
     /// The JSON-over-TCP chat users of amoc's Livebook demo (see `murmur demo-server
     /// messaging`).

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use murmuration_crds::loadtest::{InnerStep, Request, Step};
 use murmuration_crds::units::{parse_duration, Rate};
+use murmuration_crds::websocket::{WebSocketInnerStep, WebSocketScenario, WebSocketStep};
 use murmuration_crds::{CoordinatorSpec, LoadTestSpec, ThrottleSpec};
 
 /// A field and what is wrong with it.
@@ -80,6 +81,7 @@ pub fn validate(
         spec.scenario.http.is_some(),
         spec.scenario.messaging.is_some(),
         spec.scenario.custom.is_some(),
+        spec.scenario.websocket.is_some(),
     ]
     .iter()
     .filter(|k| **k)
@@ -87,8 +89,11 @@ pub fn validate(
     if kinds != 1 {
         return Err(invalid(
             "spec.scenario",
-            format!("needs exactly one of http, messaging, custom (found {kinds})"),
+            format!("needs exactly one of http, websocket, messaging, custom (found {kinds})"),
         ));
+    }
+    if let Some(ws) = &spec.scenario.websocket {
+        validate_websocket(ws, spec, throttles, coordinators)?;
     }
     if let Some(http) = &spec.scenario.http {
         duration("spec.scenario.http.timeout", &http.timeout)?;
@@ -168,30 +173,129 @@ pub fn validate(
     Ok(())
 }
 
+/// The parts of a websocket scenario checked here (the master checks the rest, naming the
+/// same fields): durations, the Throttles and Coordinators it names, the variables it uses.
+fn validate_websocket(
+    ws: &WebSocketScenario,
+    spec: &LoadTestSpec,
+    throttles: &[String],
+    coordinators: &[String],
+) -> Result<(), Invalid> {
+    let at = "spec.scenario.websocket";
+    duration(&format!("{at}.timeout"), &ws.timeout)?;
+    if ws.steps.is_empty() {
+        return Err(invalid(format!("{at}.steps"), "needs at least one step"));
+    }
+    let mut templates: Vec<&str> = Vec::new();
+    let mut json: Vec<&serde_json::Value> = Vec::new();
+    for (i, s) in ws.steps.iter().enumerate() {
+        let at = format!("{at}.steps[{i}]");
+        check_step(&at, &StepRef::from(s), throttles, coordinators)?;
+        ws_templates(&WsStepRef::from(s), &mut templates, &mut json);
+        if let Some(l) = &s.loop_ {
+            if l.steps.is_empty() {
+                return Err(invalid(
+                    format!("{at}.loop.steps"),
+                    "needs at least one step",
+                ));
+            }
+            for (j, inner) in l.steps.iter().enumerate() {
+                let at = format!("{at}.loop.steps[{j}]");
+                check_step(&at, &StepRef::from(inner), throttles, coordinators)?;
+                ws_templates(&WsStepRef::from(inner), &mut templates, &mut json);
+            }
+        }
+    }
+    let mut used = Vec::new();
+    templates.iter().for_each(|t| scan(t, &mut used));
+    json.iter().for_each(|j| scan_json(j, &mut used));
+    used.sort();
+    used.dedup();
+    for v in used {
+        if !spec.vars.contains_key(&v) {
+            return Err(invalid(
+                at,
+                format!("uses {{{{vars.{v}}}}}, but spec.vars has no {v:?}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The templated parts of a websocket step.
+struct WsStepRef<'a> {
+    connect: Option<&'a murmuration_crds::websocket::Connect>,
+    send: Option<&'a murmuration_crds::websocket::Send>,
+    receive: Option<&'a murmuration_crds::websocket::Receive>,
+}
+
+impl<'a> From<&'a WebSocketStep> for WsStepRef<'a> {
+    fn from(s: &'a WebSocketStep) -> Self {
+        WsStepRef {
+            connect: s.connect.as_ref(),
+            send: s.send.as_ref(),
+            receive: s.receive.as_ref(),
+        }
+    }
+}
+
+impl<'a> From<&'a WebSocketInnerStep> for WsStepRef<'a> {
+    fn from(s: &'a WebSocketInnerStep) -> Self {
+        WsStepRef {
+            connect: s.connect.as_ref(),
+            send: s.send.as_ref(),
+            receive: s.receive.as_ref(),
+        }
+    }
+}
+
+fn ws_templates<'a>(
+    s: &WsStepRef<'a>,
+    texts: &mut Vec<&'a str>,
+    json: &mut Vec<&'a serde_json::Value>,
+) {
+    if let Some(c) = s.connect {
+        texts.push(&c.url);
+        texts.extend(c.headers.values().map(String::as_str));
+    }
+    if let Some(m) = s.send {
+        texts.extend(m.text.as_deref());
+        json.extend(m.json.as_ref());
+    }
+    if let Some(r) = s.receive {
+        texts.extend(r.body_contains.as_deref());
+        json.extend(r.json.as_ref().map(|j| &j.equals));
+    }
+}
+
+/// Adds the variables (`{{vars.NAME}}`) a templated text uses to `out`.
+fn scan(text: &str, out: &mut Vec<String>) {
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else { return };
+        if let Some(name) = after[..end].trim().strip_prefix("vars.") {
+            out.push(name.to_owned());
+        }
+        rest = &after[end + 2..];
+    }
+}
+
+/// Adds the variables the strings of a JSON value use to `out`.
+fn scan_json(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::String(s) => scan(s, out),
+        serde_json::Value::Array(a) => a.iter().for_each(|v| scan_json(v, out)),
+        // Values only: when in doubt the master has the last word, and a test the
+        // operator refused wrongly could not run at all.
+        serde_json::Value::Object(o) => o.values().for_each(|v| scan_json(v, out)),
+        _ => {}
+    }
+}
+
 /// The variables (`{{vars.NAME}}`) the templated fields of an http scenario use: its
 /// baseUrl and headers, and each request's url, path, headers, body and JSON strings.
 fn vars_used(http: &murmuration_crds::loadtest::HttpScenario) -> Vec<String> {
-    fn scan(text: &str, out: &mut Vec<String>) {
-        let mut rest = text;
-        while let Some(start) = rest.find("{{") {
-            let after = &rest[start + 2..];
-            let Some(end) = after.find("}}") else { return };
-            if let Some(name) = after[..end].trim().strip_prefix("vars.") {
-                out.push(name.to_owned());
-            }
-            rest = &after[end + 2..];
-        }
-    }
-    fn scan_json(v: &serde_json::Value, out: &mut Vec<String>) {
-        match v {
-            serde_json::Value::String(s) => scan(s, out),
-            serde_json::Value::Array(a) => a.iter().for_each(|v| scan_json(v, out)),
-            // Values only: when in doubt the master has the last word, and a test the
-            // operator refused wrongly could not run at all.
-            serde_json::Value::Object(o) => o.values().for_each(|v| scan_json(v, out)),
-            _ => {}
-        }
-    }
     let mut out = Vec::new();
     let mut request = |r: &Request| {
         for t in [&r.url, &r.path, &r.body].into_iter().flatten() {
@@ -280,6 +384,18 @@ pub fn names_used(spec: &LoadTestSpec) -> (Vec<String>, Vec<String>) {
             coordinators.extend(s.coordinate.cloned());
         };
         for s in &http.steps {
+            note(StepRef::from(s));
+            for inner in s.loop_.iter().flat_map(|l| &l.steps) {
+                note(StepRef::from(inner));
+            }
+        }
+    }
+    if let Some(ws) = &spec.scenario.websocket {
+        let mut note = |s: StepRef<'_>| {
+            throttles.extend(s.throttle.cloned());
+            coordinators.extend(s.coordinate.cloned());
+        };
+        for s in &ws.steps {
             note(StepRef::from(s));
             for inner in s.loop_.iter().flat_map(|l| &l.steps) {
                 note(StepRef::from(inner));
@@ -382,6 +498,26 @@ impl<'a> From<&'a Step> for StepRef<'a> {
 
 impl<'a> From<&'a InnerStep> for StepRef<'a> {
     fn from(s: &'a InnerStep) -> Self {
+        StepRef {
+            think: s.think.as_ref().map(|t| (&t.duration, &t.min, &t.max)),
+            throttle: s.throttle.as_ref(),
+            coordinate: s.coordinate.as_ref(),
+        }
+    }
+}
+
+impl<'a> From<&'a WebSocketStep> for StepRef<'a> {
+    fn from(s: &'a WebSocketStep) -> Self {
+        StepRef {
+            think: s.think.as_ref().map(|t| (&t.duration, &t.min, &t.max)),
+            throttle: s.throttle.as_ref(),
+            coordinate: s.coordinate.as_ref(),
+        }
+    }
+}
+
+impl<'a> From<&'a WebSocketInnerStep> for StepRef<'a> {
+    fn from(s: &'a WebSocketInnerStep) -> Self {
         StepRef {
             think: s.think.as_ref().map(|t| (&t.duration, &t.min, &t.max)),
             throttle: s.throttle.as_ref(),

@@ -1,4 +1,6 @@
-//! The bundled targets: `murmur demo-server http` and `murmur demo-server messaging`.
+//! The bundled targets: `murmur demo-server http`, `murmur demo-server messaging` and
+//! `murmur demo-server websocket`.
 
 pub mod http;
 pub mod messaging;
+pub mod websocket;

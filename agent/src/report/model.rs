@@ -93,6 +93,14 @@ pub struct UserSummary {
     pub failed: u64,
     /// Scenario iterations completed.
     pub iterations: u64,
+    /// WebSocket messages that did not match the `receive` waiting when they came (kept
+    /// for later receives); left out when none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unmatched: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Figures of one step (or of all steps together).

@@ -95,13 +95,18 @@ pub fn summary_table(r: &Report) -> String {
     let u = &r.users;
     let _ = writeln!(
         out,
-        "users: {} desired, {} at peak, {} started, {} finished, {} failed; {} iterations\n",
+        "users: {} desired, {} at peak, {} started, {} finished, {} failed; {} iterations{}\n",
         u.desired,
         u.peak,
         u.started,
         u.finished,
         u.failed,
-        count(u.iterations)
+        count(u.iterations),
+        if u.unmatched > 0 {
+            format!("; {} messages kept unmatched", count(u.unmatched))
+        } else {
+            String::new()
+        }
     );
     let _ = writeln!(
         out,

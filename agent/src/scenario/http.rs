@@ -454,6 +454,13 @@ impl Compiler {
 }
 
 fn think(t: &spec::Think, at: &str) -> Result<Step, FieldError> {
+    let (min, max) = think_bounds(t, at)?;
+    Ok(Step::Think { min, max })
+}
+
+/// The shortest and longest pause of a `think` step (equal for a fixed pause); `at` is the
+/// step's field path. Shared by the declarative scenarios.
+pub(crate) fn think_bounds(t: &spec::Think, at: &str) -> Result<(Duration, Duration), FieldError> {
     let d = |v: &Option<String>, f: &str| {
         v.as_deref()
             .map(parse_duration)
@@ -466,18 +473,24 @@ fn think(t: &spec::Think, at: &str) -> Result<Step, FieldError> {
         d(&t.max, "max")?,
     );
     match (fixed, min, max) {
-        (Some(f), None, None) => Ok(Step::Think { min: f, max: f }),
-        (None, Some(min), Some(max)) if min <= max => Ok(Step::Think { min, max }),
+        (Some(f), None, None) => Ok((f, f)),
+        (None, Some(min), Some(max)) if min <= max => Ok((min, max)),
         (None, Some(_), Some(_)) => Err(FieldError::new(
             format!("{at}.min"),
             "must not be longer than max",
         )),
-        (None, Some(min), None) => Ok(Step::Think { min, max: min }),
+        (None, Some(min), None) => Ok((min, min)),
         _ => Err(FieldError::new(at, "set duration, or min and max")),
     }
 }
 
-fn header(name: &str, value: &str, at: &str) -> Result<(HeaderName, Template), FieldError> {
+/// A header of the manifest: a valid name, and a template (checked as a value when it
+/// holds no placeholder). Shared by the declarative scenarios.
+pub(crate) fn header(
+    name: &str,
+    value: &str,
+    at: &str,
+) -> Result<(HeaderName, Template), FieldError> {
     let n = HeaderName::from_str(name)
         .map_err(|_| FieldError::new(at, format!("{name:?} is not a header name")))?;
     let t = Template::parse(value).map_err(|e| FieldError::new(at, e))?;
@@ -631,26 +644,7 @@ async fn run_step(
             let permit = user.throttle(name).await?;
             us.get_or_insert_with(Box::default).permit = Some(permit);
         }
-        Step::Coordinate(name) => {
-            let c = user
-                .coordinate(name, serde_json::json!({"id": user.id()}))
-                .await?;
-            let ids: Vec<u64> = c.members.iter().map(|m| m.user).collect();
-            let peers: Vec<u64> = c.peers.iter().map(|m| m.user).collect();
-            user.locals.insert("group.size".into(), ids.len().into());
-            user.locals.insert("group.ids".into(), ids.into());
-            user.locals.insert(
-                "group.peer".into(),
-                peers
-                    .first()
-                    .copied()
-                    .map(Into::into)
-                    .unwrap_or(serde_json::Value::Null),
-            );
-            user.locals.insert("group.peers".into(), peers.into());
-            user.locals
-                .insert("group.timedOut".into(), c.timed_out.into());
-        }
+        Step::Coordinate(name) => user.coordinate_into_locals(name).await?,
         Step::Think { .. } | Step::Loop { .. } => unreachable!("run by run_steps"),
     }
     Ok(())

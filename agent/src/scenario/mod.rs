@@ -24,6 +24,8 @@
 
 pub mod http;
 pub mod messaging;
+pub mod websocket;
+pub mod websocket_plan;
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -258,6 +260,38 @@ impl User {
             .join(name, self.id, data)
             .await
             .map_err(|e: CoordinatorError| ScenarioError::Unknown(e.to_string()))
+    }
+
+    /// Counts a message that did not match what the user waited for (it is kept for
+    /// later; the report shows how many there were).
+    pub fn count_unmatched(&self) {
+        self.metrics.user_event(|u| u.unmatched += 1);
+    }
+
+    /// Joins the named coordinator with this user's id and, once its group forms, makes
+    /// the group known to templates: `{{group.ids}}`, `{{group.size}}`, `{{group.peer}}`
+    /// (the first peer, or nothing), `{{group.peers}}` and `{{group.timedOut}}`. What the
+    /// declarative scenarios' `coordinate` step does.
+    pub async fn coordinate_into_locals(&mut self, name: &str) -> Result<(), ScenarioError> {
+        let c = self
+            .coordinate(name, serde_json::json!({"id": self.id}))
+            .await?;
+        let ids: Vec<u64> = c.members.iter().map(|m| m.user).collect();
+        let peers: Vec<u64> = c.peers.iter().map(|m| m.user).collect();
+        self.locals.insert("group.size".into(), ids.len().into());
+        self.locals.insert("group.ids".into(), ids.into());
+        self.locals.insert(
+            "group.peer".into(),
+            peers
+                .first()
+                .copied()
+                .map(Into::into)
+                .unwrap_or(serde_json::Value::Null),
+        );
+        self.locals.insert("group.peers".into(), peers.into());
+        self.locals
+            .insert("group.timedOut".into(), c.timed_out.into());
+        Ok(())
     }
 
     /// Takes what the scenario stored for this user between iterations (see
