@@ -18,6 +18,9 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
+use murmuration_crds::profile::{Lane, LoadProfile};
+
+use crate::arrivals::{ArrivalRunner, IdSource};
 use crate::coordinator::Coordinators;
 use crate::metrics::{
     encode_histogram, errors_by_kind, Percentiles, Period, StepNames, StepStats, WorkerMetrics,
@@ -91,6 +94,8 @@ pub enum EngineError {
 
 enum WorkerCmd {
     Start(Vec<UserId>),
+    /// Arrivals of an open model: new ids, each with its intended time.
+    Arrive(Vec<(UserId, Instant)>),
     Stop { ids: Vec<UserId>, forced: bool },
     StopAll { forced: bool },
 }
@@ -108,23 +113,17 @@ fn worker_main(ctx: Arc<WorkerCtx>, mut rx: mpsc::UnboundedReceiver<WorkerCmd>) 
                         if revive(&ctx, id) {
                             continue;
                         }
-                        let control = Arc::new(AtomicU8::new(RUNNING));
-                        ctx.metrics.user_event(|u| u.started += 1);
-                        let user = User::new(id, ctx.env.clone(), ctx.metrics.clone());
-                        let run = UserRun {
-                            control: control.clone(),
-                            ctx: ctx.clone(),
-                        };
-                        // The task cannot run before the next await of this (single-threaded)
-                        // worker, so it is registered before it starts.
-                        let handle = tokio::spawn(ctx.scenario.clone().user(user, run));
-                        let slot = UserSlot {
-                            control,
-                            abort: handle.abort_handle(),
-                        };
-                        ctx.users.lock().insert(id, slot);
+                        spawn_user(&ctx, id, None);
                         if n % 1024 == 1023 {
                             // Let started users run while a large batch is being spawned.
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                }
+                WorkerCmd::Arrive(arrivals) => {
+                    for (n, (id, intended)) in arrivals.into_iter().enumerate() {
+                        spawn_user(&ctx, id, Some(intended));
+                        if n % 1024 == 1023 {
                             tokio::task::yield_now().await;
                         }
                     }
@@ -153,6 +152,30 @@ fn worker_main(ctx: Arc<WorkerCtx>, mut rx: mpsc::UnboundedReceiver<WorkerCmd>) 
         tokio::task::yield_now().await;
     });
     // Dropping the runtime drops every remaining task.
+}
+
+/// Starts one user task on this worker: an arrival (one run, latency also from
+/// `intended`) or a closed-model user.
+fn spawn_user(ctx: &Arc<WorkerCtx>, id: UserId, intended: Option<Instant>) {
+    let control = Arc::new(AtomicU8::new(RUNNING));
+    ctx.metrics.user_event(|u| u.started += 1);
+    let mut user = User::new(id, ctx.env.clone(), ctx.metrics.clone());
+    if let Some(at) = intended {
+        user.set_arrival(at);
+    }
+    let run = UserRun {
+        control: control.clone(),
+        ctx: ctx.clone(),
+        once: intended.is_some(),
+    };
+    // The task cannot run before the next await of this (single-threaded) worker, so it
+    // is registered before it starts.
+    let handle = tokio::spawn(ctx.scenario.clone().user(user, run));
+    let slot = UserSlot {
+        control,
+        abort: handle.abort_handle(),
+    };
+    ctx.users.lock().insert(id, slot);
 }
 
 /// Builds the scenario a plan names.
@@ -296,6 +319,30 @@ impl Engine {
         running
     }
 
+    /// Starts arrivals of an open model: new ids (never started before), each running the
+    /// scenario once, with the time it was due. Returns how many users run now.
+    pub fn start_arrivals(&self, arrivals: Vec<(UserId, Instant)>) -> u64 {
+        let mut batches: Vec<Vec<(UserId, Instant)>> = vec![Vec::new(); self.workers.len()];
+        let n = arrivals.len() as u64;
+        for a in arrivals {
+            batches[self.worker_of(a.0)].push(a);
+        }
+        let running = self.shared.running.fetch_add(n, Ordering::AcqRel) + n;
+        for (w, batch) in batches.into_iter().enumerate() {
+            if !batch.is_empty() {
+                let _ = self.workers[w].send(WorkerCmd::Arrive(batch));
+            }
+        }
+        running
+    }
+
+    /// Counts arrivals dropped because `maxConcurrent` users ran (in this period's figures).
+    pub fn count_dropped(&self, n: u64) {
+        if let Some(c) = self.ctxs.first() {
+            c.metrics.user_event(|u| u.dropped += n);
+        }
+    }
+
     /// Stops users `ids`: gracefully (after their iteration) or forced (at once).
     pub fn stop_users(&self, ids: impl IntoIterator<Item = UserId>, forced: bool) {
         let mut batches: Vec<Vec<UserId>> = vec![Vec::new(); self.workers.len()];
@@ -434,6 +481,10 @@ struct Run {
     started_at: Instant,
     started_at_ms: u64,
     tally: Tally,
+    /// A person set the users during a stage profile: the profile stopped there.
+    overridden: bool,
+    /// The open model's arrivals, when the test has them.
+    arrivals: Option<ArrivalRunner>,
 }
 
 impl Run {
@@ -461,8 +512,20 @@ impl Run {
     fn collect(&mut self) {
         let period = self.engine.take_period();
         self.tally.names = self.engine.env.steps.all();
-        let t = self.started_at.elapsed().as_secs_f64();
-        self.tally.add(t, self.engine.running(), &period);
+        let elapsed = self.started_at.elapsed();
+        self.tally.add(elapsed.as_secs_f64(), self.engine.running(), &period);
+        let planned = self.planned_at(elapsed);
+        if let Some(p) = self.tally.series.last_mut() {
+            p.planned = planned;
+        }
+    }
+
+    /// What the profile plans at `t` (none once a person took over).
+    fn planned_at(&self, t: Duration) -> Option<f64> {
+        if self.overridden {
+            return None;
+        }
+        self.plan.profile.planned_at(t)
     }
 
     /// The report of what happened so far. `full` adds the exact histograms.
@@ -530,6 +593,9 @@ pub fn series_point(t: f64, prev_t: f64, users: u64, period: &Period) -> SeriesP
         max: p.max,
         step_requests: period.steps.iter().map(|s| s.requests).collect(),
         step_errors: period.steps.iter().map(|s| s.error_total()).collect(),
+        planned: None,
+        started: period.users.started,
+        dropped: period.users.dropped,
     }
 }
 
@@ -609,6 +675,7 @@ pub fn build_report(p: ReportParts<'_>) -> Report {
             finished: u.finished,
             failed: u.failed,
             iterations: u.iterations,
+            dropped: u.dropped,
         },
         total,
         steps,
@@ -669,14 +736,26 @@ pub async fn run_test(
     let env = test_env(&plan)?;
     let engine = Engine::start(&plan, registry, env, opts.workers, false).await?;
     let desired = plan.users;
+    let started_at = Instant::now();
+    let arrivals = match &plan.profile {
+        LoadProfile::Arrivals(schedule) => Some(ArrivalRunner::new(
+            schedule.clone(),
+            started_at,
+            Some(Lane::ALONE),
+            IdSource::Counter(0),
+        )),
+        _ => None,
+    };
     let mut run = Run {
         opts,
         engine,
         desired,
         launched: 0,
-        started_at: Instant::now(),
+        started_at,
         started_at_ms: now_ms(),
         tally: Tally::default(),
+        overridden: false,
+        arrivals,
         plan,
     };
     tracing::info!(test = %run.plan.name, users = desired, workers = run.engine.workers(), "test started");
@@ -721,7 +800,34 @@ async fn control_loop(
     // Users change one by one at `userRate`; `last_change` is when the last one was due.
     let mut last_change = Instant::now();
     let mut commands_open = true;
+    let profile_end = run.plan.profile.end().map(|e| run.started_at + e);
     loop {
+        let elapsed = run.started_at.elapsed();
+        // A stage profile says how many users there should be now.
+        let mut next_profile: Option<Instant> = None;
+        if let (LoadProfile::Stages(stages), false) = (&run.plan.profile, run.overridden) {
+            run.desired = stages.at(elapsed).users;
+            next_profile = stages.next_change(elapsed).map(|d| run.started_at + d);
+        }
+        // Arrivals due by now start (or are dropped).
+        let next_arrival = match &mut run.arrivals {
+            Some(a) => a.run_due(&run.engine, Instant::now()),
+            None => None,
+        };
+        if let Some(a) = &run.arrivals {
+            run.tally.peak = run.tally.peak.max(run.engine.running());
+            if a.done() && run.engine.running() == 0 {
+                return "completed".into();
+            }
+        }
+        // The last stage is over: the test ends with it, unless `duration` says otherwise.
+        if run.arrivals.is_none()
+            && run.plan.duration.is_none()
+            && !run.overridden
+            && profile_end.is_some_and(|e| Instant::now() >= e)
+        {
+            return "stages".into();
+        }
         // Bring the user count towards `desired`, at the user rate.
         let gap = run.desired.abs_diff(run.launched);
         let mut next_change: Option<Instant> = None;
@@ -770,8 +876,16 @@ async fn control_loop(
             biased;
             cmd = commands.recv(), if commands_open => match cmd {
                 Some(Command::SetUsers(n)) => {
-                    tracing::info!(users = n, "desired users changed");
-                    run.desired = n;
+                    if run.arrivals.is_some() {
+                        tracing::warn!(users = n, "an open model has no users to set: ignored");
+                    } else {
+                        if matches!(run.plan.profile, LoadProfile::Stages(_)) && !run.overridden {
+                            tracing::warn!(users = n, "users set by hand: the stage profile stops here");
+                            run.overridden = true;
+                        }
+                        tracing::info!(users = n, "desired users changed");
+                        run.desired = n;
+                    }
                 }
                 Some(Command::SetVars(vars)) => run.engine.env.vars.store(Arc::new(vars)),
                 Some(Command::Stop { forced }) => {
@@ -788,6 +902,11 @@ async fn control_loop(
                 on_tick(&run.report("running", false));
             }
             _ = sleep_until_opt(next_change) => {}
+            _ = sleep_until_opt(next_profile) => {}
+            _ = sleep_until_opt(next_arrival) => {}
+            _ = sleep_until_opt(profile_end.filter(|_| {
+                run.plan.duration.is_none() && run.arrivals.is_none() && !run.overridden
+            })) => {}
             _ = all_done => {}
         }
     }

@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod arrivals;
 pub mod cli;
 pub mod client;
 pub mod coordinator;

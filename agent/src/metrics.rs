@@ -153,6 +153,13 @@ pub struct UserEvents {
     pub failed: u64,
     /// Scenario iterations completed.
     pub iterations: u64,
+    /// Arrivals dropped because `maxConcurrent` users were running (open model).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dropped: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl UserEvents {
@@ -162,6 +169,7 @@ impl UserEvents {
         self.finished += other.finished;
         self.failed += other.failed;
         self.iterations += other.iterations;
+        self.dropped += other.dropped;
     }
 }
 

@@ -79,6 +79,9 @@ pub struct UserSummary {
     pub failed: u64,
     /// Scenario iterations completed.
     pub iterations: u64,
+    /// Arrivals dropped because `maxConcurrent` users were running (open model).
+    #[serde(default)]
+    pub dropped: u64,
 }
 
 /// Figures of one step (or of all steps together).
@@ -176,4 +179,14 @@ pub struct SeriesPoint {
     /// Errors per step in the bucket.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub step_errors: Vec<u64>,
+    /// What the load profile planned: users (`stages`) or arrivals per second
+    /// (`arrivals`); absent for `users` and after a profile was overridden.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planned: Option<f64>,
+    /// Users started in the bucket (arrivals, in an open model).
+    #[serde(default)]
+    pub started: u64,
+    /// Arrivals dropped in the bucket (`maxConcurrent` reached).
+    #[serde(default)]
+    pub dropped: u64,
 }
