@@ -22,6 +22,7 @@ pub mod plan;
 pub mod progress;
 pub mod report;
 pub mod scenario;
+pub mod tally;
 pub mod template;
 pub mod thresholds;
 pub mod throttle;

@@ -733,6 +733,36 @@ pub fn prometheus_text(s: &MasterStatus) -> String {
         &["test"],
         &[(&[test], s.users.failed)],
     );
+    if let Some(a) = &s.arrivals {
+        counter(
+            "murmuration_arrivals_started_total",
+            "Open-model arrivals started",
+            &["test"],
+            &[(&[test], a.started)],
+        );
+        counter(
+            "murmuration_arrivals_dropped_total",
+            "Open-model arrivals dropped because maxConcurrent users ran",
+            &["test"],
+            &[(&[test], a.dropped)],
+        );
+        fgauge(
+            "murmuration_arrivals_planned_per_second",
+            "Arrival rate the profile plans now",
+            &["test"],
+        )
+        .with_label_values(&[test])
+        .set(a.planned_per_second);
+    }
+    if let Some(p) = &s.profile {
+        gauge(
+            "murmuration_profile_planned_users",
+            "Users the stage profile plans now",
+            &["test"],
+        )
+        .with_label_values(&[test])
+        .set(p.planned_users);
+    }
     let agents = gauge("murmuration_agents", "Agents by state", &["test", "state"]);
     agents
         .with_label_values(&[test, "desired"])

@@ -1287,6 +1287,7 @@ impl Core {
             })
             .collect();
         let mut report = build_report(ReportParts {
+            profile: crate::engine::profile_name(&self.plan.profile),
             name: &self.plan.name,
             scenario: self.plan.scenario.kind(),
             started_at_ms: self.memo.started_at_ms,

@@ -18,6 +18,10 @@ pub const REPORT_FORMAT: u32 = 1;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Report {
+    /// The load profile when it is not plain `users`: `stages` or `arrivals` (the series'
+    /// `planned` is users for the one, arrivals per second for the other).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
     /// [`REPORT_FORMAT`].
     pub format: u32,
     /// The test's name.
@@ -189,4 +193,11 @@ pub struct SeriesPoint {
     /// Arrivals dropped in the bucket (`maxConcurrent` reached).
     #[serde(default)]
     pub dropped: u64,
+}
+
+impl Report {
+    /// An open model (`arrivals`): its plan is a rate of arrivals, not users.
+    pub fn scenario_is_open(&self) -> bool {
+        self.profile.as_deref() == Some("arrivals")
+    }
 }

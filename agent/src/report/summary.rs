@@ -95,6 +95,13 @@ pub fn summary_table(r: &Report) -> String {
         u.failed,
         count(u.iterations)
     );
+    if u.dropped > 0 || r.scenario_is_open() {
+        let _ = writeln!(
+            out,
+            "arrivals: {} started, {} dropped (maxConcurrent users were running)\n",
+            u.started, u.dropped
+        );
+    }
     let _ = writeln!(
         out,
         "  {:<20} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9}  errors",
