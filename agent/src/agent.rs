@@ -27,6 +27,9 @@ use tokio::sync::mpsc;
 use murmuration_crds::api;
 use murmuration_crds::units::parse_duration;
 
+use murmuration_crds::profile::{IdPool, LoadProfile};
+
+use crate::arrivals::{ArrivalRunner, IdSource};
 use crate::coordinator::{Coordination, Coordinators, RemoteJoin};
 use crate::engine::{now_ms, Engine, EngineError};
 use crate::metrics::Period;
@@ -195,6 +198,10 @@ async fn read_loop(mut reader: ReadHalf<Io>, tx: mpsc::UnboundedSender<Result<To
     }
 }
 
+/// How long before each whole second of the test an agent reports (its point must land in
+/// that second at the master, timer jitter included).
+const REPORT_EARLY_MS: u64 = 50;
+
 /// The agent's own books.
 struct Agent {
     cfg: AgentConfig,
@@ -213,6 +220,10 @@ struct Agent {
     registered: Arc<AtomicBool>,
     /// The engine's users, once there is an engine (served at `/users`).
     running: Arc<parking_lot::Mutex<Option<crate::engine::Census>>>,
+    /// An open model's arrivals on this agent, once the test has started.
+    arrivals: Option<ArrivalRunner>,
+    /// Arrival ids received before the arrivals began.
+    early_ids: IdPool,
 }
 
 impl Agent {
@@ -230,7 +241,62 @@ impl Agent {
             points: self.points.iter().cloned().collect(),
             throttles: self.throttle_counts(),
             shares: self.shares.clone(),
+            ids_left: self.ids_left(),
         }
+    }
+
+    fn ids_left(&self) -> u64 {
+        match &self.arrivals {
+            Some(a) => a.ids_left(),
+            None => self.early_ids.left(),
+        }
+    }
+
+    /// Follows the memo's split of an open model: begins the arrivals once the test has
+    /// started, and takes a new lane when the master re-splits.
+    fn follow_split(&mut self) {
+        let (Some(plan), Some(memo)) = (&self.plan, &self.memo) else {
+            return;
+        };
+        let LoadProfile::Arrivals(schedule) = &plan.profile else {
+            return;
+        };
+        if memo.started_at_ms == 0 || memo.stopping || self.finishing.is_some() || self.finished {
+            return;
+        }
+        let lane = memo.split.as_ref().and_then(|s| s.lane_of(&self.cfg.name));
+        match &mut self.arrivals {
+            Some(a) => a.set_lane(lane),
+            None => {
+                // The schedule's zero is the test's start, on this machine's clock.
+                let ago = Duration::from_millis(now_ms().saturating_sub(memo.started_at_ms));
+                let now = std::time::Instant::now();
+                let origin = now.checked_sub(ago).unwrap_or(now);
+                tracing::info!(?lane, "arrivals begin");
+                self.arrivals = Some(ArrivalRunner::new(
+                    schedule.clone(),
+                    origin,
+                    lane,
+                    IdSource::Pool(std::mem::take(&mut self.early_ids)),
+                ));
+            }
+        }
+    }
+
+    /// Starts the arrivals due now; says when the next one is.
+    fn run_arrivals(&mut self) -> Option<tokio::time::Instant> {
+        let (Some(a), Some(engine)) = (&mut self.arrivals, &self.engine) else {
+            return None;
+        };
+        let before = a.dropped_no_id;
+        let next = a.run_due(engine, std::time::Instant::now());
+        if a.dropped_no_id > before {
+            tracing::warn!(
+                dropped = a.dropped_no_id - before,
+                "arrivals dropped: no arrival id left (is the master away?)"
+            );
+        }
+        next.map(tokio::time::Instant::from_std)
     }
 
     fn throttle_counts(&self) -> BTreeMap<String, ThrottleDemand> {
@@ -287,6 +353,7 @@ impl Agent {
             self.manifests = Some(manifests);
         }
         self.apply_memo(&memo);
+        self.follow_split();
         Ok(())
     }
 
@@ -356,7 +423,14 @@ impl Agent {
                     e.stop_users(ids.iter(), forced);
                 }
             }
-            ToAgent::Memo { memo } => self.apply_memo(&memo),
+            ToAgent::Memo { memo } => {
+                self.apply_memo(&memo);
+                self.follow_split();
+            }
+            ToAgent::Ids { first, last } => match &mut self.arrivals {
+                Some(a) => a.add_ids((first, last)),
+                None => self.early_ids.add((first, last)),
+            },
             ToAgent::Shares { shares } => self.set_shares(shares),
             ToAgent::Release {
                 coordinator,
@@ -378,6 +452,7 @@ impl Agent {
                 }
             }
             ToAgent::Finish { forced, grace_ms } => {
+                self.arrivals = None;
                 if let Some(mut engine) = self.engine.take() {
                     let grace = if forced {
                         Duration::ZERO
@@ -420,6 +495,7 @@ impl Agent {
             ended: Ids::of(ended),
             running,
             throttles: self.throttle_counts(),
+            ids_left: self.ids_left(),
         })
     }
 }
@@ -472,6 +548,8 @@ pub async fn run_agent(cfg: AgentConfig) -> Result<(), AgentError> {
         joins,
         registered: registered.clone(),
         running,
+        arrivals: None,
+        early_ids: IdPool::default(),
     };
     let mut link: Option<Link> = None;
     let mut backoff = Duration::from_millis(100);
@@ -482,12 +560,35 @@ pub async fn run_agent(cfg: AgentConfig) -> Result<(), AgentError> {
     );
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut connecting: Option<Connecting> = None;
+    let mut aligned = false;
     loop {
+        if !aligned {
+            if let Some(start) = agent.memo.as_ref().map(|m| m.started_at_ms).filter(|s| *s > 0) {
+                // Report just before each second of the test ends, so that a point's users
+                // are counted at the second the master files it under (and a profile's plan
+                // for that second is compared with the users of that moment).
+                let into = now_ms().saturating_sub(start) % 1000;
+                let wait = (1000 + 1000 - REPORT_EARLY_MS - into) % 1000;
+                tick = tokio::time::interval_at(
+                    tokio::time::Instant::now() + Duration::from_millis(wait.max(1)),
+                    Duration::from_secs(1),
+                );
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                aligned = true;
+            }
+        }
         agent.registered.store(link.is_some(), Ordering::Release);
         if link.is_none() && connecting.is_none() && tokio::time::Instant::now() >= retry_at {
             connecting = Some(Box::pin(connect(cfg.clone(), agent.hello())));
         }
         let away = link.is_none();
+        let next_arrival = agent.run_arrivals();
+        let arrival_due = async {
+            match next_arrival {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         let inbound = async {
             match &mut link {
                 Some(l) => l.inbound.recv().await,
@@ -563,6 +664,7 @@ pub async fn run_agent(cfg: AgentConfig) -> Result<(), AgentError> {
                         ended: Ids::default(),
                         running: 0,
                         throttles: agent.throttle_counts(),
+                        ids_left: 0,
                     }).await;
                 }
             }
@@ -587,6 +689,7 @@ pub async fn run_agent(cfg: AgentConfig) -> Result<(), AgentError> {
                 }
             }
             _ = retry, if may_retry => {}
+            _ = arrival_due => {}
         }
     }
 }

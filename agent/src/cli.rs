@@ -375,7 +375,7 @@ async fn run_distributed(
         manifests.test.spec.vars.insert(k, v);
     }
     if let Some(u) = args.users {
-        manifests.test.spec.users = u.min(i32::MAX as u64) as i32;
+        manifests.test.spec.users = Some(u.min(i32::MAX as u64) as i32);
     }
     if let Some(d) = duration {
         manifests.test.spec.duration = Some(murmuration_crds::units::format_duration(d));

@@ -18,15 +18,15 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
+use murmuration_crds::profile::{Lane, LoadProfile};
+
+use crate::arrivals::{ArrivalRunner, IdSource};
 use crate::coordinator::Coordinators;
-use crate::metrics::{
-    encode_histogram, errors_by_kind, Percentiles, Period, StepNames, StepStats, WorkerMetrics,
-};
+use crate::metrics::{Period, StepNames, WorkerMetrics};
 use crate::plan::{ScenarioPlan, TestPlan};
-use crate::report::{
-    CoordinatorSummary, Outcome, Report, SeriesPoint, StepSummary, ThrottleSummary, UserSummary,
-    REPORT_FORMAT,
-};
+use crate::report::Report;
+pub use crate::tally::{build_report, profile_name, series_point, ReportParts, Tally};
+use crate::tally::{coordinator_summaries, throttle_summaries};
 use crate::scenario::{
     DynScenario, InitContext, Registry, RunningScenario, ScenarioError, TestEnv, User, UserId, Vars,
 };
@@ -91,6 +91,8 @@ pub enum EngineError {
 
 enum WorkerCmd {
     Start(Vec<UserId>),
+    /// Arrivals of an open model: new ids, each with its intended time.
+    Arrive(Vec<(UserId, Instant)>),
     Stop { ids: Vec<UserId>, forced: bool },
     StopAll { forced: bool },
 }
@@ -108,23 +110,17 @@ fn worker_main(ctx: Arc<WorkerCtx>, mut rx: mpsc::UnboundedReceiver<WorkerCmd>) 
                         if revive(&ctx, id) {
                             continue;
                         }
-                        let control = Arc::new(AtomicU8::new(RUNNING));
-                        ctx.metrics.user_event(|u| u.started += 1);
-                        let user = User::new(id, ctx.env.clone(), ctx.metrics.clone());
-                        let run = UserRun {
-                            control: control.clone(),
-                            ctx: ctx.clone(),
-                        };
-                        // The task cannot run before the next await of this (single-threaded)
-                        // worker, so it is registered before it starts.
-                        let handle = tokio::spawn(ctx.scenario.clone().user(user, run));
-                        let slot = UserSlot {
-                            control,
-                            abort: handle.abort_handle(),
-                        };
-                        ctx.users.lock().insert(id, slot);
+                        spawn_user(&ctx, id, None);
                         if n % 1024 == 1023 {
                             // Let started users run while a large batch is being spawned.
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                }
+                WorkerCmd::Arrive(arrivals) => {
+                    for (n, (id, intended)) in arrivals.into_iter().enumerate() {
+                        spawn_user(&ctx, id, Some(intended));
+                        if n % 1024 == 1023 {
                             tokio::task::yield_now().await;
                         }
                     }
@@ -153,6 +149,30 @@ fn worker_main(ctx: Arc<WorkerCtx>, mut rx: mpsc::UnboundedReceiver<WorkerCmd>) 
         tokio::task::yield_now().await;
     });
     // Dropping the runtime drops every remaining task.
+}
+
+/// Starts one user task on this worker: an arrival (one run, latency also from
+/// `intended`) or a closed-model user.
+fn spawn_user(ctx: &Arc<WorkerCtx>, id: UserId, intended: Option<Instant>) {
+    let control = Arc::new(AtomicU8::new(RUNNING));
+    ctx.metrics.user_event(|u| u.started += 1);
+    let mut user = User::new(id, ctx.env.clone(), ctx.metrics.clone());
+    if let Some(at) = intended {
+        user.set_arrival(at);
+    }
+    let run = UserRun {
+        control: control.clone(),
+        ctx: ctx.clone(),
+        once: intended.is_some(),
+    };
+    // The task cannot run before the next await of this (single-threaded) worker, so it
+    // is registered before it starts.
+    let handle = tokio::spawn(ctx.scenario.clone().user(user, run));
+    let slot = UserSlot {
+        control,
+        abort: handle.abort_handle(),
+    };
+    ctx.users.lock().insert(id, slot);
 }
 
 /// Builds the scenario a plan names.
@@ -300,6 +320,30 @@ impl Engine {
         running
     }
 
+    /// Starts arrivals of an open model: new ids (never started before), each running the
+    /// scenario once, with the time it was due. Returns how many users run now.
+    pub fn start_arrivals(&self, arrivals: Vec<(UserId, Instant)>) -> u64 {
+        let mut batches: Vec<Vec<(UserId, Instant)>> = vec![Vec::new(); self.workers.len()];
+        let n = arrivals.len() as u64;
+        for a in arrivals {
+            batches[self.worker_of(a.0)].push(a);
+        }
+        let running = self.shared.running.fetch_add(n, Ordering::AcqRel) + n;
+        for (w, batch) in batches.into_iter().enumerate() {
+            if !batch.is_empty() {
+                let _ = self.workers[w].send(WorkerCmd::Arrive(batch));
+            }
+        }
+        running
+    }
+
+    /// Counts arrivals dropped because `maxConcurrent` users ran (in this period's figures).
+    pub fn count_dropped(&self, n: u64) {
+        if let Some(c) = self.ctxs.first() {
+            c.metrics.user_event(|u| u.dropped += n);
+        }
+    }
+
     /// Stops users `ids`: gracefully (after their iteration) or forced (at once).
     pub fn stop_users(&self, ids: impl IntoIterator<Item = UserId>, forced: bool) {
         let mut batches: Vec<Vec<UserId>> = vec![Vec::new(); self.workers.len()];
@@ -438,6 +482,10 @@ struct Run {
     started_at: Instant,
     started_at_ms: u64,
     tally: Tally,
+    /// A person set the users during a stage profile: the profile stopped there.
+    overridden: bool,
+    /// The open model's arrivals, when the test has them.
+    arrivals: Option<ArrivalRunner>,
 }
 
 impl Run {
@@ -465,14 +513,27 @@ impl Run {
     fn collect(&mut self) {
         let period = self.engine.take_period();
         self.tally.names = self.engine.env.steps.all();
-        let t = self.started_at.elapsed().as_secs_f64();
-        self.tally.add(t, self.engine.running(), &period);
+        let elapsed = self.started_at.elapsed();
+        self.tally.add(elapsed.as_secs_f64(), self.engine.running(), &period);
+        let planned = self.planned_at(elapsed);
+        if let Some(p) = self.tally.series.last_mut() {
+            p.planned = planned;
+        }
+    }
+
+    /// What the profile plans at `t` (none once a person took over).
+    fn planned_at(&self, t: Duration) -> Option<f64> {
+        if self.overridden {
+            return None;
+        }
+        self.plan.profile.planned_at(t)
     }
 
     /// The report of what happened so far. `full` adds the exact histograms.
     fn report(&self, ended_by: &str, full: bool) -> Report {
         let env = &self.engine.env;
         build_report(ReportParts {
+            profile: profile_name(&self.plan.profile),
             name: &self.plan.name,
             scenario: self.plan.scenario.kind(),
             started_at_ms: self.started_at_ms,
@@ -490,189 +551,6 @@ impl Run {
     }
 }
 
-/// The figures of a test so far: totals by step, the 1 s series, the peak of users.
-#[derive(Debug, Clone, Default)]
-pub struct Tally {
-    /// Step names, in the order of `totals.steps`.
-    pub names: Vec<String>,
-    /// Everything measured since the start.
-    pub totals: Period,
-    /// One point per collection period.
-    pub series: Vec<SeriesPoint>,
-    /// Most users running at once.
-    pub peak: u64,
-}
-
-impl Tally {
-    /// Adds the figures of the period that ended at `t` seconds, with `users` running.
-    pub fn add(&mut self, t: f64, users: u64, period: &Period) {
-        self.peak = self.peak.max(users);
-        self.series.push(series_point(
-            t,
-            self.series.last().map(|p| p.t).unwrap_or(0.0),
-            users,
-            period,
-        ));
-        self.totals.merge(period);
-    }
-}
-
-/// One point of a time series: the figures of `period`, which ran from `prev_t` to `t`.
-pub fn series_point(t: f64, prev_t: f64, users: u64, period: &Period) -> SeriesPoint {
-    let span = (t - prev_t).max(1e-3);
-    let total = period.total();
-    let p = Percentiles::of(&total.latency);
-    SeriesPoint {
-        t,
-        users,
-        requests: total.requests,
-        errors: total.error_total(),
-        rps: total.requests as f64 / span,
-        p50: p.p50,
-        p90: p.p90,
-        p99: p.p99,
-        max: p.max,
-        step_requests: period.steps.iter().map(|s| s.requests).collect(),
-        step_errors: period.steps.iter().map(|s| s.error_total()).collect(),
-        // Per step, because unlike steps merged say nothing (see `Report::steps_alike`).
-        step_p50: period
-            .steps
-            .iter()
-            .map(|s| s.latency.value_at_quantile(0.50) as f64 / 1000.0)
-            .collect(),
-        step_p99: period
-            .steps
-            .iter()
-            .map(|s| s.latency.value_at_quantile(0.99) as f64 / 1000.0)
-            .collect(),
-    }
-}
-
-/// What a report is built from.
-pub struct ReportParts<'a> {
-    /// The test's name.
-    pub name: &'a str,
-    /// The scenario kind.
-    pub scenario: String,
-    /// When users started.
-    pub started_at_ms: u64,
-    /// Seconds since then.
-    pub elapsed_s: f64,
-    /// Why the test ended (or `running`).
-    pub ended_by: &'a str,
-    /// Users wanted.
-    pub desired: u64,
-    /// The figures.
-    pub tally: &'a Tally,
-    /// Step names in the order of the tally's periods.
-    pub names: &'a [String],
-    /// Throttle figures.
-    pub throttles: Vec<ThrottleSummary>,
-    /// Coordinator figures.
-    pub coordinators: Vec<CoordinatorSummary>,
-    /// Per-agent series.
-    pub agents: std::collections::BTreeMap<String, Vec<SeriesPoint>>,
-    /// The thresholds to evaluate.
-    pub thresholds: &'a crate::thresholds::Thresholds,
-    /// Add the exact histograms.
-    pub full: bool,
-}
-
-/// Builds a report (thresholds evaluated) from its parts.
-pub fn build_report(p: ReportParts<'_>) -> Report {
-    let elapsed = p.elapsed_s;
-    let summary = |name: &str, s: &StepStats| StepSummary {
-        name: name.to_owned(),
-        requests: s.requests,
-        errors: s.error_total(),
-        errors_by_kind: errors_by_kind(&s.errors),
-        rate: if elapsed > 0.0 {
-            s.requests as f64 / elapsed
-        } else {
-            0.0
-        },
-        latency_ms: Percentiles::of(&s.latency),
-        corrected_latency_ms: (!s.corrected.is_empty()).then(|| Percentiles::of(&s.corrected)),
-        histogram: if p.full {
-            encode_histogram(&s.latency)
-        } else {
-            String::new()
-        },
-    };
-    let empty = StepStats::default();
-    let totals = &p.tally.totals;
-    let steps: Vec<StepSummary> = p
-        .names
-        .iter()
-        .enumerate()
-        .map(|(i, n)| summary(n, totals.steps.get(i).unwrap_or(&empty)))
-        .collect();
-    let total = summary("total", &totals.total());
-    let u = totals.users;
-    let mut report = Report {
-        format: REPORT_FORMAT,
-        name: p.name.to_owned(),
-        scenario: p.scenario,
-        started_at_ms: p.started_at_ms,
-        duration_s: elapsed,
-        result: Outcome::Passed,
-        ended_by: p.ended_by.to_owned(),
-        users: UserSummary {
-            desired: p.desired,
-            peak: p.tally.peak,
-            started: u.started,
-            finished: u.finished,
-            failed: u.failed,
-            iterations: u.iterations,
-            unmatched: u.unmatched,
-        },
-        total,
-        steps,
-        thresholds: Vec::new(),
-        throttles: p.throttles,
-        coordinators: p.coordinators,
-        series: p.tally.series.clone(),
-        bucket_s: 1,
-        agents: p.agents,
-    };
-    report.thresholds = p.thresholds.evaluate(&report);
-    if report.thresholds.iter().any(|t| !t.passed) {
-        report.result = Outcome::Failed;
-    }
-    report
-}
-
-fn throttle_summaries(throttles: &Throttles) -> Vec<ThrottleSummary> {
-    throttles
-        .all()
-        .iter()
-        .map(|t| {
-            let s = t.stats();
-            ThrottleSummary {
-                name: t.name().to_owned(),
-                rate: s.rate,
-                requested: s.requested,
-                executed: s.executed,
-            }
-        })
-        .collect()
-}
-
-fn coordinator_summaries(coordinators: &Coordinators) -> Vec<CoordinatorSummary> {
-    coordinators
-        .all()
-        .iter()
-        .map(|c| {
-            let s = c.stats();
-            CoordinatorSummary {
-                name: c.name().to_owned(),
-                groups: s.groups,
-                timeouts: s.timeouts,
-            }
-        })
-        .collect()
-}
-
 /// Runs a test to its end and returns its report. `commands` steers it while it runs;
 /// `on_tick` sees a report-so-far every collection period (for live displays).
 pub async fn run_test(
@@ -685,14 +563,26 @@ pub async fn run_test(
     let env = test_env(&plan)?;
     let engine = Engine::start(&plan, registry, env, opts.workers, false).await?;
     let desired = plan.users;
+    let started_at = Instant::now();
+    let arrivals = match &plan.profile {
+        LoadProfile::Arrivals(schedule) => Some(ArrivalRunner::new(
+            schedule.clone(),
+            started_at,
+            Some(Lane::ALONE),
+            IdSource::Counter(0),
+        )),
+        _ => None,
+    };
     let mut run = Run {
         opts,
         engine,
         desired,
         launched: 0,
-        started_at: Instant::now(),
+        started_at,
         started_at_ms: now_ms(),
         tally: Tally::default(),
+        overridden: false,
+        arrivals,
         plan,
     };
     tracing::info!(test = %run.plan.name, users = desired, workers = run.engine.workers(), "test started");
@@ -737,7 +627,34 @@ async fn control_loop(
     // Users change one by one at `userRate`; `last_change` is when the last one was due.
     let mut last_change = Instant::now();
     let mut commands_open = true;
+    let profile_end = run.plan.profile.end().map(|e| run.started_at + e);
     loop {
+        let elapsed = run.started_at.elapsed();
+        // A stage profile says how many users there should be now.
+        let mut next_profile: Option<Instant> = None;
+        if let (LoadProfile::Stages(stages), false) = (&run.plan.profile, run.overridden) {
+            run.desired = stages.at(elapsed).users;
+            next_profile = stages.next_change(elapsed).map(|d| run.started_at + d);
+        }
+        // Arrivals due by now start (or are dropped).
+        let next_arrival = match &mut run.arrivals {
+            Some(a) => a.run_due(&run.engine, Instant::now()),
+            None => None,
+        };
+        if let Some(a) = &run.arrivals {
+            run.tally.peak = run.tally.peak.max(run.engine.running());
+            if a.done() && run.engine.running() == 0 {
+                return "completed".into();
+            }
+        }
+        // The last stage is over: the test ends with it, unless `duration` says otherwise.
+        if run.arrivals.is_none()
+            && run.plan.duration.is_none()
+            && !run.overridden
+            && profile_end.is_some_and(|e| Instant::now() >= e)
+        {
+            return "stages".into();
+        }
         // Bring the user count towards `desired`, at the user rate.
         let gap = run.desired.abs_diff(run.launched);
         let mut next_change: Option<Instant> = None;
@@ -786,8 +703,16 @@ async fn control_loop(
             biased;
             cmd = commands.recv(), if commands_open => match cmd {
                 Some(Command::SetUsers(n)) => {
-                    tracing::info!(users = n, "desired users changed");
-                    run.desired = n;
+                    if run.arrivals.is_some() {
+                        tracing::warn!(users = n, "an open model has no users to set: ignored");
+                    } else {
+                        if matches!(run.plan.profile, LoadProfile::Stages(_)) && !run.overridden {
+                            tracing::warn!(users = n, "users set by hand: the stage profile stops here");
+                            run.overridden = true;
+                        }
+                        tracing::info!(users = n, "desired users changed");
+                        run.desired = n;
+                    }
                 }
                 Some(Command::SetVars(vars)) => run.engine.env.vars.store(Arc::new(vars)),
                 Some(Command::Stop { forced }) => {
@@ -804,6 +729,11 @@ async fn control_loop(
                 on_tick(&run.report("running", false));
             }
             _ = sleep_until_opt(next_change) => {}
+            _ = sleep_until_opt(next_profile) => {}
+            _ = sleep_until_opt(next_arrival) => {}
+            _ = sleep_until_opt(profile_end.filter(|_| {
+                run.plan.duration.is_none() && run.arrivals.is_none() && !run.overridden
+            })) => {}
             _ = all_done => {}
         }
     }

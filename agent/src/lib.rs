@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod arrivals;
 pub mod cli;
 pub mod client;
 pub mod coordinator;
@@ -22,6 +23,7 @@ pub mod plan;
 pub mod progress;
 pub mod report;
 pub mod scenario;
+pub mod tally;
 pub mod template;
 pub mod thresholds;
 pub mod throttle;

@@ -164,6 +164,13 @@ pub struct UserEvents {
     /// for later receives).
     #[serde(default)]
     pub unmatched: u64,
+    /// Arrivals dropped because `maxConcurrent` users were running (open model).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dropped: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl UserEvents {
@@ -174,6 +181,7 @@ impl UserEvents {
         self.failed += other.failed;
         self.iterations += other.iterations;
         self.unmatched += other.unmatched;
+        self.dropped += other.dropped;
     }
 }
 

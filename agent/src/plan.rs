@@ -278,8 +278,10 @@ impl ScenarioPlan {
 pub struct TestPlan {
     /// The test's name.
     pub name: String,
-    /// Users wanted (ids 1..=users).
+    /// Users wanted at the start (ids 1..=users); a stage profile moves it.
     pub users: u64,
+    /// The shape of the load: `users`, `stages` or `arrivals`.
+    pub profile: murmuration_crds::profile::LoadProfile,
     /// Agents wanted.
     pub agents: u32,
     /// How fast users start and stop; `None` = all at once.
@@ -311,12 +313,8 @@ pub fn build_plan(
     coordinators: &[(String, CoordinatorSpec)],
     registry: &Registry,
 ) -> Result<TestPlan, FieldError> {
-    if spec.users < 0 {
-        return Err(FieldError::new("spec.users", "cannot be negative"));
-    }
-    if spec.users > 10_000_000 {
-        return Err(FieldError::new("spec.users", "is more than 10,000,000"));
-    }
+    let profile = murmuration_crds::profile::compile_profile(spec)
+        .map_err(|e| FieldError::new(e.field, e.reason))?;
     if !(1..=1000).contains(&spec.agents) {
         return Err(FieldError::new("spec.agents", "must be between 1 and 1000"));
     }
@@ -500,7 +498,8 @@ pub fn build_plan(
         .map_err(|e| FieldError::new("Coordinator", e))?;
     Ok(TestPlan {
         name: name.to_owned(),
-        users: spec.users as u64,
+        users: profile.initial_users(),
+        profile,
         agents: spec.agents as u32,
         user_rate,
         duration,

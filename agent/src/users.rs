@@ -87,7 +87,10 @@ impl Drop for UserGuard {
         }
         let failed = self.failed;
         // Still "running" here means it ended by itself: a stop or an abort changes it.
-        if ctx.shared.track_ended && self.run.control.load(Ordering::Acquire) == RUNNING {
+        if ctx.shared.track_ended
+            && !self.run.once
+            && self.run.control.load(Ordering::Acquire) == RUNNING
+        {
             ctx.shared.ended.lock().push(self.id);
         }
         ctx.metrics.user_event(|u| {
@@ -107,6 +110,9 @@ impl Drop for UserGuard {
 pub(crate) struct UserRun {
     pub(crate) control: Arc<UserControl>,
     pub(crate) ctx: Arc<WorkerCtx>,
+    /// An arrival of an open model: one iteration, and its end is not reported as a user
+    /// that ended by itself (its id is never started again anyway).
+    pub(crate) once: bool,
 }
 
 impl UserRun {
@@ -136,7 +142,8 @@ impl UserRun {
                     break;
                 }
                 let iteration = user.iteration();
-                if repeat.times.is_some_and(|t| iteration >= t) {
+                if repeat.times.is_some_and(|t| iteration >= t) || (guard.run.once && iteration >= 1)
+                {
                     break;
                 }
                 if let Err(e) = bound.scenario.start(&mut user, &bound.state).await {

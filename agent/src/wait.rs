@@ -246,6 +246,19 @@ fn status_view(lt: &LoadTest, errors: &mut ErrorRate) -> Report {
             finished: users.finished.max(0) as u64,
             failed: users.failed.max(0) as u64,
             iterations: 0,
+            unmatched: 0,
+            dropped: status
+                .arrivals
+                .as_ref()
+                .map(|a| a.dropped.max(0) as u64)
+                .unwrap_or(0),
+        },
+        profile: if lt.spec.arrivals.is_some() {
+            Some("arrivals".into())
+        } else if !lt.spec.stages.is_empty() {
+            Some("stages".into())
+        } else {
+            None
         },
         total,
         steps: Vec::new(),

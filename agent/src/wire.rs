@@ -274,6 +274,37 @@ pub struct Memo {
     pub coordinators: BTreeMap<String, CoordinatorSpec>,
     /// The test was stopped (or its duration reached).
     pub stopping: bool,
+    /// A person set the users during a stage profile: the profile stopped there.
+    #[serde(default)]
+    pub overridden: bool,
+    /// How the agents split an open model's arrivals now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<ArrivalSplit>,
+    /// The first arrival id not handed out yet (a restarted master goes on from there).
+    #[serde(default)]
+    pub next_arrival_id: u64,
+}
+
+/// How the agents share an open model's arrivals: from global arrival `from` on, round
+/// robin over `agents` (so that their arrivals together are exactly the schedule).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArrivalSplit {
+    /// The first global arrival index of this split.
+    pub from: u64,
+    /// The agents, in lane order.
+    pub agents: Vec<String>,
+}
+
+impl ArrivalSplit {
+    /// The lane of one agent (none when it is not part of the split).
+    pub fn lane_of(&self, agent: &str) -> Option<murmuration_crds::profile::Lane> {
+        let position = self.agents.iter().position(|a| a == agent)?;
+        Some(murmuration_crds::profile::Lane {
+            from: self.from,
+            position: position as u64,
+            agents: self.agents.len() as u64,
+        })
+    }
 }
 
 /// What an agent says.
@@ -296,6 +327,9 @@ pub enum FromAgent {
         throttles: BTreeMap<String, ThrottleDemand>,
         /// Its throttle shares now (kept while the master was away).
         shares: BTreeMap<String, u64>,
+        /// Arrival ids it holds and has not used.
+        #[serde(default)]
+        ids_left: u64,
     },
     /// Every second: what happened since the last report.
     Report {
@@ -307,6 +341,9 @@ pub enum FromAgent {
         running: u64,
         /// Its throttles' counters.
         throttles: BTreeMap<String, ThrottleDemand>,
+        /// Arrival ids it holds and has not used.
+        #[serde(default)]
+        ids_left: u64,
     },
     /// A user reached a `coordinate` step.
     Join {
@@ -353,6 +390,13 @@ pub enum ToAgent {
     Memo {
         /// The new memo.
         memo: Memo,
+    },
+    /// Arrival ids for this agent alone: the inclusive range `first..=last`.
+    Ids {
+        /// The first.
+        first: UserId,
+        /// The last.
+        last: UserId,
     },
     /// New shares of throttles (permits per the throttle's interval).
     Shares {

@@ -160,6 +160,12 @@ pub struct MasterStatus {
     pub elapsed_s: f64,
     /// User counters.
     pub users: UserCounts,
+    /// Where a `stages` profile is (absent without stages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<crate::loadtest::ProfileStatus>,
+    /// Arrivals of an open-model test (absent without `arrivals`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arrivals: Option<crate::loadtest::ArrivalCounts>,
     /// Agents expected and connected.
     pub agents: AgentCounts,
     /// Each agent known to the master.

@@ -13,6 +13,7 @@ pub mod api;
 pub mod coordinator;
 pub mod crd;
 pub mod loadtest;
+pub mod profile;
 pub mod schema;
 pub mod throttle;
 pub mod units;

@@ -58,8 +58,29 @@ use crate::schema::{any_value, optional_duration_string, rate_string};
 pub struct LoadTestSpec {
     /// Number of simulated users; they get the ids 1..users. `kubectl scale` edits this
     /// field (scale subresource); a running test adds or removes users at `userRate`.
+    /// May be left out when `stages` sets the users; cannot be set with `arrivals`. With
+    /// `stages`, it is the count the first stage starts from, and setting or changing it
+    /// while the stages run takes over from them (Event `ProfileOverridden`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 10_000_000))]
-    pub users: i32,
+    pub users: Option<i32>,
+
+    /// A declared line of users (closed model): the running users move linearly from the
+    /// current count to each stage's `users` over its `duration`, one stage after the
+    /// other; the test ends after the last stage unless `duration` says otherwise. For
+    /// example a ramp, a plateau and a ramp down:
+    /// `[{duration: 2m, users: 1000}, {duration: 10m, users: 1000}, {duration: 1m, users: 0}]`.
+    /// Removed users finish their iteration first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<UserStage>,
+
+    /// An open model instead of `users`: new users arrive at a rate whatever the target's
+    /// latency; each arrival is a user with a new id (unique across agents, never reused)
+    /// that runs the scenario once. Latency is also measured from each arrival's intended
+    /// time. For example `{rate: 200/s, maxConcurrent: 5000, stages: [{duration: 5m,
+    /// rate: 1000/s}]}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arrivals: Option<Arrivals>,
 
     /// Number of agent pods that run the users (local mode: agent processes). Editing it
     /// adds or removes agents; new users go to the new agents.
@@ -130,6 +151,55 @@ pub enum StopMode {
 
 fn default_agents() -> i32 {
     1
+}
+
+/// One stage of `spec.stages`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UserStage {
+    /// How long the move to `users` takes, e.g. `2m` (`0s`: at once).
+    #[schemars(schema_with = "crate::schema::duration_string")]
+    pub duration: String,
+
+    /// Users running at the end of the stage, e.g. `1000`.
+    #[schemars(range(min = 0, max = 10_000_000))]
+    pub users: i32,
+}
+
+/// The open model of `spec.arrivals`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Arrivals {
+    /// Arrivals at the start, as `count/period`: `200/s`, `6000/m`. Without `stages` the
+    /// rate stays there until `duration` (or until the test is stopped).
+    #[schemars(schema_with = "rate_string")]
+    pub rate: String,
+
+    /// Most arrival users running at once, across all agents (split evenly among them).
+    /// An arrival when that many run is dropped and counted (`status.arrivals.dropped`),
+    /// never queued. Default 10000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10_000_000))]
+    pub max_concurrent: Option<i32>,
+
+    /// Changes of the rate: it moves linearly from the current rate to each stage's
+    /// `rate` over its `duration`; arrivals end after the last stage. For example
+    /// `[{duration: 1m, rate: 1000/s}, {duration: 5m, rate: 1000/s}]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<RateStage>,
+}
+
+/// One stage of `spec.arrivals.stages`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RateStage {
+    /// How long the move to `rate` takes, e.g. `5m` (`0s`: at once).
+    #[schemars(schema_with = "crate::schema::duration_string")]
+    pub duration: String,
+
+    /// Arrival rate at the end of the stage, e.g. `1000/s` (`0/s` to stop arrivals).
+    #[schemars(schema_with = "rate_string")]
+    pub rate: String,
 }
 
 /// How often each user runs the scenario.
@@ -537,6 +607,14 @@ pub struct LoadTestStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub users: Option<UserCounts>,
 
+    /// Where a `stages` profile is: its stage and planned users (absent without stages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<ProfileStatus>,
+
+    /// Arrivals of an open-model test (`spec.arrivals`): planned rate, started, dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arrivals: Option<ArrivalCounts>,
+
     /// Agent counts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agents: Option<AgentCounts>,
@@ -617,6 +695,33 @@ pub struct UserCounts {
     pub finished: i64,
     /// Users that stopped on an error in the scenario.
     pub failed: i64,
+}
+
+/// Where a `stages` profile is.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ProfileStatus {
+    /// The stage running now (1 = the first of `spec.stages`); absent once the stages are
+    /// over or overridden.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<i64>,
+    /// Users the profile plans for now.
+    pub planned_users: i64,
+    /// A person set `spec.users` during the profile: the profile stopped there.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub overridden: bool,
+}
+
+/// Arrivals of an open-model test.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ArrivalCounts {
+    /// The rate the profile plans for now, per second.
+    pub planned_per_second: f64,
+    /// Arrivals started since the beginning.
+    pub started: i64,
+    /// Arrivals dropped because `maxConcurrent` users were running.
+    pub dropped: i64,
 }
 
 /// Agents of a test.

@@ -33,7 +33,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
 use murmuration_crds::api::{MasterStatus, TestPhase};
-use murmuration_crds::loadtest::{LoadTestStatus, Phase, StopMode};
+use murmuration_crds::loadtest::{LoadTestSpec, LoadTestStatus, Phase, StopMode};
 use murmuration_crds::{Coordinator, CoordinatorStatus, LoadTest, Throttle, ThrottleStatus};
 use tracing::Instrument;
 
@@ -387,7 +387,16 @@ async fn reconcile_inner(lt: &LoadTest, ctx: &Context) -> Result<Action, Error> 
     let state = if state.phase == TestPhase::Finished || !push_due {
         state
     } else {
-        let state = push(lt, &master, state, &throttles, &coordinators).await;
+        let started = master_pod.as_ref().and_then(build::started_spec);
+        let state = push(
+            lt,
+            started.as_ref(),
+            &master,
+            state,
+            &throttles,
+            &coordinators,
+        )
+        .await;
         ctx.memo(&uid, |m| m.pushed = Some((settings, Instant::now())));
         state
     };
@@ -612,6 +621,7 @@ where
 /// takes the same settings again as no change.
 async fn push(
     lt: &LoadTest,
+    started: Option<&LoadTestSpec>,
     master: &MasterClient,
     mut state: MasterStatus,
     throttles: &[Throttle],
@@ -643,8 +653,19 @@ async fn push(
         }
         return state;
     }
-    let users = lt.spec.users.max(0) as u64;
-    if state.users.desired != users as i64 {
+    let users = lt.spec.users.unwrap_or(0).max(0) as u64;
+    let profile_runs = state.profile.as_ref().is_some_and(|p| !p.overridden);
+    let due = if state.arrivals.is_some() {
+        // An open model has no users to set.
+        false
+    } else if profile_runs {
+        // The stages set the users, until a person changes spec.users from what the test
+        // started with: that takes over (the master stops the profile).
+        lt.spec.users.is_some() && started.is_some_and(|s| s.users != lt.spec.users)
+    } else {
+        state.users.desired != users as i64
+    };
+    if due {
         tracing::info!(users, "desired users changed");
         let r = master.set_users(users).await;
         note(&mut state, r, "users");

@@ -48,6 +48,11 @@ pub enum Transition {
     },
     /// The spec is invalid.
     Invalid(Invalid),
+    /// A person set `spec.users` while a stage profile ran: the profile stopped there.
+    ProfileOverridden {
+        /// The users the person set.
+        users: i64,
+    },
     /// The spec of a running test was edited in fields it only reads at its start.
     EditsNotTaken {
         /// The fields, as `spec.NAME`.
@@ -66,6 +71,7 @@ impl Transition {
             Transition::Finished { .. } => "Finished",
             Transition::Invalid(_) => "Invalid",
             Transition::EditsNotTaken { .. } => "EditIgnored",
+            Transition::ProfileOverridden { .. } => "ProfileOverridden",
         }
     }
 
@@ -97,6 +103,10 @@ impl Transition {
             }
             Transition::Finished { result, message } => format!("{result:?}: {message}"),
             Transition::Invalid(i) => i.to_string(),
+            Transition::ProfileOverridden { users } => format!(
+                "spec.users set to {users} during the stages: the profile stops here and the \
+                 test goes on with {users} users"
+            ),
             Transition::EditsNotTaken { fields } => format!(
                 "{} changed, but a running test keeps what it started with: only spec.users, \
                  spec.agents, spec.vars, spec.agent, spec.cleanup and the test's Throttles and \
@@ -120,6 +130,8 @@ pub fn edits_not_taken(started: &LoadTestSpec, now: &LoadTestSpec) -> Vec<String
     check("userRate", started.user_rate != now.user_rate);
     check("duration", started.duration != now.duration);
     check("repeat", started.repeat != now.repeat);
+    check("stages", started.stages != now.stages);
+    check("arrivals", started.arrivals != now.arrivals);
     check("scenario", started.scenario != now.scenario);
     check("thresholds", started.thresholds != now.thresholds);
     fields
@@ -311,7 +323,8 @@ pub fn without_master(lt: &LoadTest, why: &str, now: &Time) -> LoadTestStatus {
     status.phase = Some(phase);
     status.observed_generation = Some(generation);
     status.message = Some(why.to_owned());
-    status.users.get_or_insert_with(UserCounts::default).desired = lt.spec.users as i64;
+    status.users.get_or_insert_with(UserCounts::default).desired =
+        lt.spec.users.unwrap_or(0) as i64;
     status
         .agents
         .get_or_insert_with(AgentCounts::default)
@@ -355,8 +368,27 @@ pub fn from_master(
     if phase >= Phase::Running && prev_phase < Phase::Running && master.started_at_ms.is_some() {
         events.push(Transition::Started);
     }
-    let desired = lt.spec.users as i64;
-    if phase == Phase::Running && prev_phase == Phase::Running {
+    // A running profile plans the users (stages), or there are none to ask for (arrivals:
+    // whoever runs is what is wanted).
+    let profile_runs = master.profile.as_ref().is_some_and(|p| !p.overridden);
+    let desired = if master.arrivals.is_some() {
+        master.users.running
+    } else if master.profile.is_some() {
+        master.users.desired
+    } else {
+        lt.spec.users.unwrap_or(0) as i64
+    };
+    let was_overridden = prev.profile.as_ref().is_some_and(|p| p.overridden);
+    if master.profile.as_ref().is_some_and(|p| p.overridden) && !was_overridden {
+        events.push(Transition::ProfileOverridden {
+            users: master.users.desired,
+        });
+    }
+    if phase == Phase::Running
+        && prev_phase == Phase::Running
+        && !profile_runs
+        && master.arrivals.is_none()
+    {
         if let Some(before) = prev.users.as_ref().map(|u| u.desired) {
             if before != desired {
                 events.push(Transition::Scaled {
@@ -435,6 +467,8 @@ pub fn from_master(
         phase: Some(phase),
         observed_generation: Some(generation),
         users: Some(users.clone()),
+        profile: master.profile.clone(),
+        arrivals: master.arrivals.clone(),
         agents: Some(AgentCounts {
             desired: lt.spec.agents as i64,
             ready: agents_ready,

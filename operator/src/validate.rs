@@ -61,6 +61,8 @@ pub fn validate(
     throttles: &[String],
     coordinators: &[String],
 ) -> Result<(), Invalid> {
+    // The engine's own checks of users, stages and arrivals (one rule, one place).
+    murmuration_crds::profile::compile_profile(spec).map_err(|e| invalid(e.field, e.reason))?;
     if let Some(r) = &spec.user_rate {
         let rate = Rate::parse(r).map_err(|e| invalid("spec.userRate", e.to_string()))?;
         if rate.count <= 0.0 {

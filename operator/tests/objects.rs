@@ -166,7 +166,7 @@ fn status_from_the_master_and_its_transitions() {
 
     // An agent goes away and the test is scaled: both are transitions.
     lt.status = Some(running);
-    lt.spec.users = 800;
+    lt.spec.users = Some(800);
     let later = at("2026-11-22T10:00:02Z");
     let (degraded, events) = status::from_master(&lt, &master("Running", 250, 1), &later);
     snapshot("status-degraded", &degraded);
@@ -248,7 +248,7 @@ fn status_writes_transitions_at_once_and_figures_paced() {
     assert_eq!(write_kind(Some(&running), &st), StatusWrite::Paced);
     // kubectl scale: a new generation and desired count, written at once; and again when
     // every user runs (Ready and Progressing change).
-    lt.spec.users = 600;
+    lt.spec.users = Some(600);
     lt.metadata.generation = Some(4);
     let (scaling, _) = status::from_master(&lt, &master("Running", 500, 2), &now);
     assert_eq!(write_kind(Some(&running), &scaling), StatusWrite::Now);
@@ -368,7 +368,7 @@ fn edits_a_running_test_does_not_take_are_named() {
     assert_eq!(build::started_spec(&pod).as_ref(), Some(&started.spec));
     // Live fields change nothing here; the others are named.
     let mut now = started.clone();
-    now.spec.users = 800;
+    now.spec.users = Some(800);
     now.spec.agents = 3;
     now.spec
         .vars

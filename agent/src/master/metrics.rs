@@ -104,6 +104,43 @@ pub fn prometheus_text(scrape: &Scrape) -> String {
             .with_label_values(&[test, ns])
             .inc_by(count(v));
     }
+    if let Some(a) = &s.arrivals {
+        for (name, help, v) in [
+            (
+                "murmuration_arrivals_started_total",
+                "Open-model arrivals started",
+                a.started,
+            ),
+            (
+                "murmuration_arrivals_dropped_total",
+                "Open-model arrivals dropped because maxConcurrent users were running",
+                a.dropped,
+            ),
+        ] {
+            counter(name, help, &["test", "namespace"])
+                .with_label_values(&[test, ns])
+                .inc_by(count(v));
+        }
+        let g = GaugeVec::new(
+            Opts::new(
+                "murmuration_arrivals_planned_per_second",
+                "Arrival rate the profile plans now",
+            ),
+            &["test", "namespace"],
+        )
+        .expect("valid metric");
+        register(Box::new(g.clone()));
+        g.with_label_values(&[test, ns]).set(a.planned_per_second);
+    }
+    if let Some(p) = &s.profile {
+        gauge(
+            "murmuration_profile_planned_users",
+            "Users the stage profile plans now",
+            &["test", "namespace"],
+        )
+        .with_label_values(&[test, ns])
+        .set(p.planned_users);
+    }
     let agents = gauge(
         "murmuration_agents",
         "Agents by state: desired, ready",

@@ -28,6 +28,8 @@ use crate::scenario::{UserId, Vars};
 use crate::throttle::{limit_of, ramp_of, Limit};
 use crate::wire::{AgentPoint, FromAgent, Ids, Memo, ThrottleDemand, ToAgent};
 
+mod profile;
+
 /// Messages to send: (agent name, message).
 pub type Outbox = Vec<(String, ToAgent)>;
 
@@ -86,6 +88,10 @@ struct AgentBook {
     finished: bool,
     /// Series of this agent, by second.
     series: BTreeMap<i64, (u64, u64, u64)>,
+    /// Arrival ids it holds unused (as it last said, plus blocks sent since).
+    ids_left: u64,
+    /// When it was last given a block of arrival ids.
+    ids_granted_at: Option<Instant>,
 }
 
 impl AgentBook {
@@ -102,6 +108,8 @@ impl AgentBook {
             demand: BTreeMap::new(),
             finished: false,
             series: BTreeMap::new(),
+            ids_left: 0,
+            ids_granted_at: None,
         }
     }
 }
@@ -291,6 +299,7 @@ impl Core {
             points,
             throttles,
             shares,
+            ids_left,
         } = msg
         else {
             return Err("the first message must be hello".into());
@@ -314,6 +323,7 @@ impl Core {
         }
         book.conn = Some(conn);
         book.last_seen = now;
+        book.ids_left = ids_left;
         book.gone_since = None;
         let was_lost = std::mem::replace(&mut book.lost, false);
         // Counters of an earlier life of this agent are kept aside.
@@ -477,8 +487,10 @@ impl Core {
                 ended,
                 running,
                 throttles,
+                ids_left,
             } => {
                 book.running = running;
+                book.ids_left = ids_left;
                 for (t, d) in &throttles {
                     let before = book.throttles.get(t).map(|o| o.requested).unwrap_or(0);
                     // Users waiting means it could use more than it has: as much as it
@@ -677,6 +689,7 @@ impl Core {
             if self.recovering_until.is_none() {
                 let orphans = std::mem::take(&mut self.orphans);
                 out.extend(self.place(orphans));
+                out.extend(self.follow_profile(now));
                 out.extend(self.pace_users(now));
                 if let Some(why) = self.end_due(now) {
                     self.end(why, false, now);
@@ -797,6 +810,9 @@ impl Core {
         {
             return Some("duration");
         }
+        if let Some(why) = self.profile_end_due(now) {
+            return Some(why);
+        }
         let launched = self.memo.launched;
         if launched > 0
             && launched == self.memo.desired
@@ -840,6 +856,7 @@ impl Core {
         if users > 10_000_000 {
             return Err("users: is more than 10,000,000".into());
         }
+        self.override_profile();
         self.memo.desired = users;
         self.bump_memo();
         Ok(())
@@ -1205,7 +1222,8 @@ impl Core {
             let (period, users) = self.open.remove(&s).expect("listed");
             let users: u64 = users.values().sum();
             self.peak = self.peak.max(users);
-            let point = series_point(s as f64 + 1.0, s as f64, users, &period);
+            let mut point = series_point(s as f64 + 1.0, s as f64, users, &period);
+            point.planned = self.planned_at(Duration::from_secs(s.max(0) as u64 + 1));
             self.series.insert(s, point);
         }
     }
@@ -1243,12 +1261,9 @@ impl Core {
             if !full && !connected.iter().all(|a| users.contains_key(*a)) {
                 continue;
             }
-            series.push(series_point(
-                *s as f64 + 1.0,
-                *s as f64,
-                users.values().sum(),
-                period,
-            ));
+            let mut point = series_point(*s as f64 + 1.0, *s as f64, users.values().sum(), period);
+            point.planned = self.planned_at(Duration::from_secs((*s).max(0) as u64 + 1));
+            series.push(point);
         }
         let step_count = self.names.len();
         for p in series.iter_mut() {
@@ -1283,6 +1298,7 @@ impl Core {
             })
             .collect();
         let mut report = build_report(ReportParts {
+            profile: crate::engine::profile_name(&self.plan.profile),
             name: &self.plan.name,
             scenario: self.plan.scenario.kind(),
             started_at_ms: self.memo.started_at_ms,
@@ -1379,7 +1395,10 @@ impl Core {
             .map(|p| p.rps)
             .unwrap_or(0.0);
         let total = &report.total;
+        let (profile, arrivals) = self.profile_status(now, u.started, u.dropped);
         MasterStatus {
+            profile,
+            arrivals,
             test: self.plan.name.clone(),
             phase: self.phase,
             ended_by: self.ended_by.clone(),
@@ -1580,6 +1599,7 @@ spec: {loadTest: t, rate: 1000, interval: 1s}
             points: Vec::new(),
             throttles: BTreeMap::new(),
             shares: BTreeMap::new(),
+            ids_left: 0,
         }
     }
 
@@ -1711,6 +1731,7 @@ spec: {loadTest: t, rate: 1000, interval: 1s}
             points,
             throttles,
             shares,
+            ids_left: 0,
         };
         let mut runs2: BTreeMap<String, BTreeSet<UserId>> = BTreeMap::new();
         runs2.insert("a".into(), runs["a"].clone());

@@ -465,14 +465,40 @@ pub fn render_html(r: &Report) -> String {
         r.bucket_s
     );
     let s = &r.series;
-    h.push_str(&chart(
-        "Users running",
-        "",
-        &[Line {
-            name: "users",
-            values: series(s, |p| p.users as f64),
-        }],
-    ));
+    let planned: Vec<(f64, f64)> = s.iter().filter_map(|p| Some((p.t, p.planned?))).collect();
+    // An open model plans arrivals per second; a stage profile plans users.
+    let open = r.scenario_is_open();
+    if open {
+        h.push_str(&chart(
+            "Arrivals per second: planned and actual",
+            "",
+            &[
+                Line {
+                    name: "planned",
+                    values: planned.clone(),
+                },
+                Line {
+                    name: "started",
+                    values: series(s, |p| p.started as f64),
+                },
+                Line {
+                    name: "dropped",
+                    values: series(s, |p| p.dropped as f64),
+                },
+            ],
+        ));
+    }
+    let mut users = vec![Line {
+        name: "users",
+        values: series(s, |p| p.users as f64),
+    }];
+    if !open && !planned.is_empty() {
+        users.push(Line {
+            name: "planned",
+            values: planned,
+        });
+    }
+    h.push_str(&chart("Users running", "", &users));
     h.push_str(&chart(
         "Requests per second",
         "",

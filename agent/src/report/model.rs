@@ -18,6 +18,10 @@ pub const REPORT_FORMAT: u32 = 1;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Report {
+    /// The load profile when it is not plain `users`: `stages` or `arrivals` (the series'
+    /// `planned` is users for the one, arrivals per second for the other).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
     /// [`REPORT_FORMAT`].
     pub format: u32,
     /// The test's name.
@@ -97,6 +101,9 @@ pub struct UserSummary {
     /// for later receives); left out when none.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub unmatched: u64,
+    /// Arrivals dropped because `maxConcurrent` users were running (open model).
+    #[serde(default)]
+    pub dropped: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -205,4 +212,21 @@ pub struct SeriesPoint {
     /// 99th percentile per step in the bucket, milliseconds.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub step_p99: Vec<f64>,
+    /// What the load profile planned: users (`stages`) or arrivals per second
+    /// (`arrivals`); absent for `users` and after a profile was overridden.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planned: Option<f64>,
+    /// Users started in the bucket (arrivals, in an open model).
+    #[serde(default)]
+    pub started: u64,
+    /// Arrivals dropped in the bucket (`maxConcurrent` reached).
+    #[serde(default)]
+    pub dropped: u64,
+}
+
+impl Report {
+    /// An open model (`arrivals`): its plan is a rate of arrivals, not users.
+    pub fn scenario_is_open(&self) -> bool {
+        self.profile.as_deref() == Some("arrivals")
+    }
 }

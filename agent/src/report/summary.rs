@@ -108,6 +108,13 @@ pub fn summary_table(r: &Report) -> String {
             String::new()
         }
     );
+    if u.dropped > 0 || r.scenario_is_open() {
+        let _ = writeln!(
+            out,
+            "arrivals: {} started, {} dropped (maxConcurrent users were running)\n",
+            u.started, u.dropped
+        );
+    }
     let _ = writeln!(
         out,
         "  {:<20} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9}  errors",

@@ -161,6 +161,9 @@ pub struct User {
     /// When the next measured action should have started, set by a throttle permit (paced,
     /// open-model load); used for coordinated-omission-corrected latency.
     intended: Option<Instant>,
+    /// An arrival of an open model: every recorded action also goes to the corrected
+    /// histogram (the first one measured from the arrival's intended time).
+    arrival: bool,
     /// Values this user extracted or was given (`{{order}}`, `{{group.ids}}`).
     pub locals: Locals,
     /// What a scenario keeps for a user between iterations (its connections).
@@ -178,6 +181,7 @@ impl User {
             metrics,
             rng: SmallRng::seed_from_u64(id.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
             intended: None,
+            arrival: false,
             locals: Locals::default(),
             extension: None,
         }
@@ -191,6 +195,13 @@ impl User {
     /// Which run of the scenario this is for this user (0-based).
     pub fn iteration(&self) -> u64 {
         self.iteration
+    }
+
+    /// Makes this user an arrival of an open model, due at `intended`: its first action's
+    /// corrected latency counts from then, however late the engine started it.
+    pub(crate) fn set_arrival(&mut self, intended: Instant) {
+        self.arrival = true;
+        self.intended = Some(intended);
     }
 
     pub(crate) fn set_iteration(&mut self, i: u64) {
@@ -219,15 +230,18 @@ impl User {
     }
 
     /// Records an action of `step` that started at `started` and ends now, failed with
-    /// `error` if given. When a throttle paced this action, the latency from its intended
-    /// start is recorded too.
+    /// `error` if given. When a throttle paced this action, or the user is an arrival, the
+    /// latency from its intended start is recorded too (an arrival's later actions, which
+    /// nothing held back, count from their own start there).
     #[inline]
     pub fn record(&mut self, step: StepId, started: Instant, error: Option<ErrorKind>) {
         let now = Instant::now();
-        let intended = self
-            .intended
-            .take()
-            .map(|i| now.saturating_duration_since(i.min(started)));
+        let intended = match self.intended.take() {
+            Some(i) => Some(i),
+            None if self.arrival => Some(started),
+            None => None,
+        }
+        .map(|i| now.saturating_duration_since(i.min(started)));
         self.metrics.record(
             step,
             now.saturating_duration_since(started),
