@@ -596,8 +596,7 @@ fn a_throttle_shared_by_four_agents_holds_its_limit_and_follows_a_change() {
             let mine = grants.iter().filter(|g| g.process == p);
             let old = mine
                 .clone()
-                .filter(|g| g.at < changing)
-                .last()
+                .rfind(|g| g.at < changing)
                 .unwrap_or_else(|| panic!("agent process {p} granted nothing before the change"))
                 .share;
             mine.filter(|g| g.at >= changing && g.share < old)

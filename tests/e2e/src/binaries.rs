@@ -227,6 +227,24 @@ fn build_project_binary(package: &str, bin: &str, path: &Path) -> Result<PathBuf
     );
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
+    // Without what cargo set for this test (CARGO_PKG_NAME, ...): build scripts that read
+    // them (ring's) would see a change and rebuild, and everything above them with it.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let set_for_crates = [
+            "CARGO_MANIFEST_",
+            "CARGO_PKG_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+            "CARGO_PRIMARY_PACKAGE",
+            "CARGO_TARGET_TMPDIR",
+            "CARGO_RUSTC_CURRENT_DIR",
+            "OUT_DIR",
+        ];
+        if set_for_crates.iter().any(|p| name.starts_with(p)) {
+            cmd.env_remove(name.as_ref());
+        }
+    }
     cmd.current_dir(workspace_root())
         .args(["build", "-p", package, "--bin", bin])
         .stdin(Stdio::null())
