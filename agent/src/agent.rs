@@ -563,7 +563,12 @@ pub async fn run_agent(cfg: AgentConfig) -> Result<(), AgentError> {
     let mut aligned = false;
     loop {
         if !aligned {
-            if let Some(start) = agent.memo.as_ref().map(|m| m.started_at_ms).filter(|s| *s > 0) {
+            if let Some(start) = agent
+                .memo
+                .as_ref()
+                .map(|m| m.started_at_ms)
+                .filter(|s| *s > 0)
+            {
                 // Report just before each second of the test ends, so that a point's users
                 // are counted at the second the master files it under (and a profile's plan
                 // for that second is compared with the users of that moment).

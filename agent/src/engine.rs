@@ -25,11 +25,11 @@ use crate::coordinator::Coordinators;
 use crate::metrics::{Period, StepNames, WorkerMetrics};
 use crate::plan::{ScenarioPlan, TestPlan};
 use crate::report::Report;
-pub use crate::tally::{build_report, profile_name, series_point, ReportParts, Tally};
-use crate::tally::{coordinator_summaries, throttle_summaries};
 use crate::scenario::{
     DynScenario, InitContext, Registry, RunningScenario, ScenarioError, TestEnv, User, UserId, Vars,
 };
+pub use crate::tally::{build_report, profile_name, series_point, ReportParts, Tally};
+use crate::tally::{coordinator_summaries, throttle_summaries};
 use crate::throttle::Throttles;
 use crate::users::{revive, stop_slot, Shared, UserRun, UserSlot, WorkerCtx, RUNNING};
 
@@ -93,8 +93,13 @@ enum WorkerCmd {
     Start(Vec<UserId>),
     /// Arrivals of an open model: new ids, each with its intended time.
     Arrive(Vec<(UserId, Instant)>),
-    Stop { ids: Vec<UserId>, forced: bool },
-    StopAll { forced: bool },
+    Stop {
+        ids: Vec<UserId>,
+        forced: bool,
+    },
+    StopAll {
+        forced: bool,
+    },
 }
 
 fn worker_main(ctx: Arc<WorkerCtx>, mut rx: mpsc::UnboundedReceiver<WorkerCmd>) {
@@ -155,7 +160,10 @@ fn worker_main(ctx: Arc<WorkerCtx>, mut rx: mpsc::UnboundedReceiver<WorkerCmd>) 
 /// `intended`) or a closed-model user.
 fn spawn_user(ctx: &Arc<WorkerCtx>, id: UserId, intended: Option<Instant>) {
     let control = Arc::new(AtomicU8::new(RUNNING));
-    ctx.metrics.user_event(|u| u.started += 1);
+    if intended.is_none() {
+        // Arrivals are counted when the controller dispatches them (see start_arrivals).
+        ctx.metrics.user_event(|u| u.started += 1);
+    }
     let mut user = User::new(id, ctx.env.clone(), ctx.metrics.clone());
     if let Some(at) = intended {
         user.set_arrival(at);
@@ -329,6 +337,11 @@ impl Engine {
             batches[self.worker_of(a.0)].push(a);
         }
         let running = self.shared.running.fetch_add(n, Ordering::AcqRel) + n;
+        // Counted in the period in which they were due and dispatched: a period's arrivals
+        // are then exactly those its controller found due, whatever the workers' lag.
+        if let Some(c) = self.ctxs.first() {
+            c.metrics.user_event(|u| u.started += n);
+        }
         for (w, batch) in batches.into_iter().enumerate() {
             if !batch.is_empty() {
                 let _ = self.workers[w].send(WorkerCmd::Arrive(batch));
@@ -514,7 +527,8 @@ impl Run {
         let period = self.engine.take_period();
         self.tally.names = self.engine.env.steps.all();
         let elapsed = self.started_at.elapsed();
-        self.tally.add(elapsed.as_secs_f64(), self.engine.running(), &period);
+        self.tally
+            .add(elapsed.as_secs_f64(), self.engine.running(), &period);
         let planned = self.planned_at(elapsed);
         if let Some(p) = self.tally.series.last_mut() {
             p.planned = planned;
@@ -628,6 +642,7 @@ async fn control_loop(
     let mut last_change = Instant::now();
     let mut commands_open = true;
     let profile_end = run.plan.profile.end().map(|e| run.started_at + e);
+    let mut collect_due = false;
     loop {
         let elapsed = run.started_at.elapsed();
         // A stage profile says how many users there should be now.
@@ -693,6 +708,10 @@ async fn control_loop(
         } else {
             last_change = Instant::now();
         }
+        if std::mem::take(&mut collect_due) {
+            run.collect();
+            on_tick(&run.report("running", false));
+        }
         // Every user ended by itself: all repeats done (or, without repeats, every user
         // failed for good; the report says so).
         if run.launched > 0 && run.desired == run.launched && run.running() == 0 {
@@ -724,10 +743,9 @@ async fn control_loop(
                 None => commands_open = false,
             },
             _ = sleep_until_opt(deadline) => return "duration".into(),
-            _ = tick.tick() => {
-                run.collect();
-                on_tick(&run.report("running", false));
-            }
+            // Collected at the top of the loop, once the users are where they should be
+            // now (a profile's change due at the same instant comes first).
+            _ = tick.tick() => collect_due = true,
             _ = sleep_until_opt(next_change) => {}
             _ = sleep_until_opt(next_profile) => {}
             _ = sleep_until_opt(next_arrival) => {}

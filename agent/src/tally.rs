@@ -200,7 +200,6 @@ pub(crate) fn coordinator_summaries(coordinators: &Coordinators) -> Vec<Coordina
         .collect()
 }
 
-
 /// The name a report gives a load profile other than plain `users`.
 pub fn profile_name(p: &murmuration_crds::profile::LoadProfile) -> Option<&'static str> {
     use murmuration_crds::profile::LoadProfile;

@@ -142,7 +142,8 @@ impl UserRun {
                     break;
                 }
                 let iteration = user.iteration();
-                if repeat.times.is_some_and(|t| iteration >= t) || (guard.run.once && iteration >= 1)
+                if repeat.times.is_some_and(|t| iteration >= t)
+                    || (guard.run.once && iteration >= 1)
                 {
                     break;
                 }

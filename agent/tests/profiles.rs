@@ -187,7 +187,9 @@ fn follows_the_plan(report: &serde_json::Value) -> Result<usize, String> {
         let users = f(&p["users"]);
         let tolerance = (planned * 0.01).max(1.0);
         if (users - planned).abs() > tolerance {
-            return Err(format!("at {t:.2}s: {users} users running, {planned} planned"));
+            return Err(format!(
+                "at {t:.2}s: {users} users running, {planned} planned"
+            ));
         }
         judged += 1;
     }
@@ -203,9 +205,16 @@ fn a_stage_profile_is_followed_locally_and_by_three_agents() {
     for agents in [0, 3] {
         let out = dir.path().join(format!("out-{agents}"));
         let report = report_of(run(&file, &out, agents), &out, Duration::from_secs(60));
-        assert_eq!(report["endedBy"], "stages", "{agents} agents: {}", report["endedBy"]);
+        assert_eq!(
+            report["endedBy"], "stages",
+            "{agents} agents: {}",
+            report["endedBy"]
+        );
         let judged = follows_the_plan(&report).unwrap_or_else(|e| panic!("{agents} agents: {e}"));
-        assert!(judged >= 10, "{agents} agents: only {judged} seconds had a plan");
+        assert!(
+            judged >= 10,
+            "{agents} agents: only {judged} seconds had a plan"
+        );
         // The plan reached its top and the users with it.
         assert_eq!(report["users"]["peak"], 20, "{agents} agents");
     }
@@ -255,7 +264,11 @@ fn an_arrival_rate_holds_while_the_target_slows_and_a_closed_model_slows_with_it
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let t = target(1);
-    let open = manifest(dir.path(), "open.yaml", &arrival_test(t.addr, "200/s", 8, 5000));
+    let open = manifest(
+        dir.path(),
+        "open.yaml",
+        &arrival_test(t.addr, "200/s", 8, 5000),
+    );
     let closed = manifest(dir.path(), "closed.yaml", &closed_test(t.addr, 8));
     let (open_out, closed_out) = (dir.path().join("open"), dir.path().join("closed"));
     let started = Instant::now();
@@ -287,7 +300,10 @@ fn an_arrival_rate_holds_while_the_target_slows_and_a_closed_model_slows_with_it
         seconds += 1;
     }
     assert!(seconds >= 6, "only {seconds} seconds judged");
-    assert_eq!(open["users"]["started"], 1600, "every arrival of 8 s at 200/s");
+    assert_eq!(
+        open["users"]["started"], 1600,
+        "every arrival of 8 s at 200/s"
+    );
     assert_eq!(open["users"]["dropped"], 0);
     // Closed: the same users wait for the slow answers, so the rate collapses.
     let rps = |from: f64, to: f64| {
@@ -316,23 +332,42 @@ fn max_concurrent_drops_arrivals_and_counts_them() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let t = target(400);
-    let file = manifest(dir.path(), "drops.yaml", &arrival_test(t.addr, "100/s", 3, 10));
+    let file = manifest(
+        dir.path(),
+        "drops.yaml",
+        &arrival_test(t.addr, "100/s", 3, 10),
+    );
     let out = dir.path().join("out");
     let report = report_of(run(&file, &out, 0), &out, Duration::from_secs(60));
     let started = report["users"]["started"].as_u64().unwrap();
     let dropped = report["users"]["dropped"].as_u64().unwrap();
     assert_eq!(started + dropped, 300, "every arrival started or dropped");
-    assert!(dropped > 100, "only {dropped} dropped with 10 allowed at 400 ms each");
+    assert!(
+        dropped > 100,
+        "only {dropped} dropped with 10 allowed at 400 ms each"
+    );
+    assert_eq!(
+        t.in_flight.load(Ordering::SeqCst),
+        0,
+        "every request answered"
+    );
     let most = t.most_in_flight.load(Ordering::SeqCst);
     assert!(most <= 10, "{most} requests in flight at once, 10 allowed");
-    assert_eq!(t.user_ids().len() as u64, started, "one request per started arrival");
+    assert_eq!(
+        t.user_ids().len() as u64,
+        started,
+        "one request per started arrival"
+    );
     let dropped_in_series: f64 = report["series"]
         .as_array()
         .unwrap()
         .iter()
         .map(|p| f(&p["dropped"]))
         .sum();
-    assert_eq!(dropped_in_series as u64, dropped, "the series counts every drop");
+    assert_eq!(
+        dropped_in_series as u64, dropped,
+        "the series counts every drop"
+    );
 }
 
 #[test]
@@ -340,7 +375,11 @@ fn a_stalled_target_shows_in_the_corrected_p99() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let t = target(1);
-    let file = manifest(dir.path(), "stall.yaml", &arrival_test(t.addr, "100/s", 5, 5000));
+    let file = manifest(
+        dir.path(),
+        "stall.yaml",
+        &arrival_test(t.addr, "100/s", 5, 5000),
+    );
     let out = dir.path().join("out");
     let started = Instant::now();
     let child = run(&file, &out, 0);
@@ -352,7 +391,10 @@ fn a_stalled_target_shows_in_the_corrected_p99() {
     let corrected = f(&report["total"]["correctedLatencyMs"]["p99"]);
     let raw = f(&report["total"]["latencyMs"]["p99"]);
     eprintln!("stall of 1 s: corrected p99 {corrected:.0} ms, raw p99 {raw:.0} ms");
-    assert!(corrected >= 900.0, "corrected p99 {corrected} ms misses the 1 s stall");
+    assert!(
+        corrected >= 900.0,
+        "corrected p99 {corrected} ms misses the 1 s stall"
+    );
     assert!(corrected >= raw - 1.0);
 }
 
@@ -415,7 +457,11 @@ fn arrival_ids_are_never_repeated_across_agents_even_when_one_is_killed() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let t = target(20);
-    let file = manifest(dir.path(), "ids.yaml", &arrival_test(t.addr, "150/s", 10, 5000));
+    let file = manifest(
+        dir.path(),
+        "ids.yaml",
+        &arrival_test(t.addr, "150/s", 10, 5000),
+    );
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -454,13 +500,22 @@ fn arrival_ids_are_never_repeated_across_agents_even_when_one_is_killed() {
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
         let status = master_status(addr);
-        if status["phase"].as_str().is_some_and(|p| p.eq_ignore_ascii_case("finished")) {
+        if status["phase"]
+            .as_str()
+            .is_some_and(|p| p.eq_ignore_ascii_case("finished"))
+        {
             assert_eq!(status["endedBy"], "completed", "{status}");
-            assert!(status["arrivals"]["started"].as_u64().unwrap_or(0) > 0, "{status}");
+            assert!(
+                status["arrivals"]["started"].as_u64().unwrap_or(0) > 0,
+                "{status}"
+            );
             break;
         }
         assert!(master.0.try_wait().unwrap().is_none(), "the master died");
-        assert!(Instant::now() < deadline, "the master did not finish: {status}");
+        assert!(
+            Instant::now() < deadline,
+            "the master did not finish: {status}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let ids = t.user_ids();
@@ -477,8 +532,15 @@ fn arrival_ids_are_never_repeated_across_agents_even_when_one_is_killed() {
         let span = last.duration_since(*first).as_secs_f64();
         if span >= 1.0 {
             let rate = late.len() as f64 / span;
-            assert!(rate > 150.0 * 0.9, "after the kill the rate fell to {rate:.0}/s");
+            assert!(
+                rate > 150.0 * 0.9,
+                "after the kill the rate fell to {rate:.0}/s"
+            );
         }
     }
-    assert!(ids.len() as f64 > 1500.0 * 0.7, "only {} arrivals of 1500", ids.len());
+    assert!(
+        ids.len() as f64 > 1500.0 * 0.7,
+        "only {} arrivals of 1500",
+        ids.len()
+    );
 }

@@ -803,6 +803,8 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(a.end(), Some(secs(60.0)));
-        assert!(matches!(a, LoadProfile::Arrivals(ref s) if s.max_concurrent == DEFAULT_MAX_CONCURRENT));
+        assert!(
+            matches!(a, LoadProfile::Arrivals(ref s) if s.max_concurrent == DEFAULT_MAX_CONCURRENT)
+        );
     }
 }

@@ -73,7 +73,11 @@ impl Core {
             None => 0,
             Some(_) => schedule.due_before(elapsed + SPLIT_LEAD),
         };
-        tracing::info!(from, agents = agents.len(), "arrivals split among the agents");
+        tracing::info!(
+            from,
+            agents = agents.len(),
+            "arrivals split among the agents"
+        );
         self.memo.split = Some(ArrivalSplit { from, agents });
         self.bump_memo();
     }
@@ -214,5 +218,144 @@ impl Core {
                 }),
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::master::state::{MasterOptions, RECONNECT_GRACE};
+    use crate::plan::plan_from_text;
+    use crate::scenario::{Registry, Vars};
+    use crate::wire::{FromAgent, Ids};
+
+    fn core(spec: &str, now: Instant) -> Core {
+        let text = format!(
+            "apiVersion: murmuration.dev/v1alpha1
+kind: LoadTest
+metadata: {{name: t}}
+spec:
+  agents: 3
+{spec}
+  scenario:
+    http:
+      baseUrl: http://127.0.0.1:9
+      steps:
+        - request: {{path: /}}
+"
+        );
+        let plan = plan_from_text("t.yaml", &text, &Registry::new(), &Vars::new()).unwrap();
+        Core::new(plan, text, MasterOptions::default(), now)
+    }
+
+    fn hello(name: &str) -> FromAgent {
+        FromAgent::Hello {
+            name: name.into(),
+            running: Ids::default(),
+            ended: Ids::default(),
+            memo: None,
+            points: Vec::new(),
+            throttles: BTreeMap::new(),
+            shares: BTreeMap::new(),
+            ids_left: 0,
+        }
+    }
+
+    fn id_blocks(out: &Outbox) -> Vec<(String, u64, u64)> {
+        out.iter()
+            .filter_map(|(a, m)| match m {
+                ToAgent::Ids { first, last } => Some((a.clone(), *first, *last)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn arrivals_are_split_among_agents_and_ids_never_handed_out_twice() {
+        let t0 = Instant::now();
+        let mut c = core("  arrivals: {rate: 300/s}", t0);
+        for (i, a) in ["a", "b", "c"].iter().enumerate() {
+            c.hello(i as u64 + 1, hello(a), t0).unwrap();
+        }
+        let out = c.tick(t0);
+        let split = c.memo.split.clone().expect("split at the start");
+        assert_eq!(split.from, 0);
+        assert_eq!(split.agents, ["a", "b", "c"]);
+        let mut blocks = id_blocks(&out);
+        assert_eq!(blocks.len(), 3, "every agent gets ids: {blocks:?}");
+        // b goes away for good: a and c share the schedule from a later arrival on.
+        c.disconnected(2, "b", t0 + Duration::from_secs(1));
+        let later = t0 + Duration::from_secs(1) + RECONNECT_GRACE + Duration::from_millis(200);
+        let out = c.tick(later);
+        let split = c.memo.split.clone().unwrap();
+        assert_eq!(split.agents, ["a", "c"]);
+        assert!(
+            split.from >= 900,
+            "the new split starts after what is due: {}",
+            split.from
+        );
+        blocks.extend(id_blocks(&out));
+        // Ids keep coming as the agents use them; no range overlaps another.
+        for s in 4..10u64 {
+            let at = t0 + Duration::from_secs(s);
+            for (conn, a) in [(1, "a"), (3, "c")] {
+                c.from_agent(
+                    conn,
+                    a,
+                    FromAgent::Report {
+                        point: crate::wire::AgentPoint {
+                            at_ms: s * 1000,
+                            users: 0,
+                            period: Default::default(),
+                        },
+                        ended: Ids::default(),
+                        running: 0,
+                        throttles: BTreeMap::new(),
+                        ids_left: 0,
+                    },
+                    at,
+                );
+            }
+            blocks.extend(id_blocks(&c.tick(at)));
+        }
+        assert!(blocks.len() > 5, "{blocks:?}");
+        let mut ranges: Vec<(u64, u64)> = blocks.iter().map(|(_, a, b)| (*a, *b)).collect();
+        ranges.sort_unstable();
+        for w in ranges.windows(2) {
+            assert!(
+                w[0].1 < w[1].0,
+                "overlapping id blocks {:?} and {:?}",
+                w[0],
+                w[1]
+            );
+        }
+        assert!(c.memo.next_arrival_id > ranges.last().unwrap().1);
+    }
+
+    #[test]
+    fn the_stage_line_sets_the_users_until_a_person_does() {
+        let t0 = Instant::now();
+        let mut c = core(
+            "  stages: [{duration: 10s, users: 100}, {duration: 10s, users: 100}]",
+            t0,
+        );
+        for (i, a) in ["a", "b", "c"].iter().enumerate() {
+            c.hello(i as u64 + 1, hello(a), t0).unwrap();
+        }
+        c.tick(t0);
+        c.tick(t0 + Duration::from_secs(5));
+        assert_eq!(c.memo.desired, 50);
+        let status = c.status(t0 + Duration::from_secs(5)).profile.unwrap();
+        assert_eq!((status.stage, status.planned_users), (Some(1), 50));
+        c.set_users(7).unwrap();
+        c.tick(t0 + Duration::from_secs(8));
+        assert_eq!(c.memo.desired, 7, "the person's users stay");
+        let status = c.status(t0 + Duration::from_secs(8)).profile.unwrap();
+        assert!(status.overridden);
+        assert_eq!(status.stage, None);
+        // An overridden profile does not end the test at the end of its stages.
+        assert_eq!(c.profile_end_due(t0 + Duration::from_secs(30)), None);
     }
 }
