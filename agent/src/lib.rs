@@ -14,7 +14,7 @@ pub mod client;
 pub mod coordinator;
 pub mod demo;
 pub mod engine;
-pub mod field;
+mod json_stream;
 pub mod master;
 pub mod metrics;
 pub mod plan;
