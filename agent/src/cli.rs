@@ -384,8 +384,7 @@ async fn run_distributed(
     let config = crate::master::MasterConfig {
         listen: "127.0.0.1:0".parse().expect("a literal address"),
         token: token.clone(),
-        manifests: manifests.to_text(),
-        source: args.file.clone(),
+        manifests,
         registry,
         options: crate::master::state::MasterOptions {
             agents: Some(args.agents as u64),
@@ -512,21 +511,22 @@ fn master_command(args: MasterArgs, registry: Registry) -> ExitCode {
             return ExitCode::from(EXIT_INVALID);
         }
     };
-    let (source, manifests) = match &args.file {
-        Some(f) => match std::fs::read_to_string(f) {
-            Ok(t) => (f.clone(), t),
-            Err(e) => {
-                eprintln!("error: {f}: {e}");
-                return ExitCode::from(EXIT_INVALID);
-            }
-        },
+    let read = match &args.file {
+        Some(f) => crate::plan::read_manifests(f),
         None => match std::env::var("MURMUR_TEST") {
-            Ok(t) => ("MURMUR_TEST".to_owned(), t),
+            Ok(t) => crate::plan::parse_manifests("MURMUR_TEST", &t),
             Err(_) => {
                 eprintln!("error: no test: pass a manifest file or set MURMUR_TEST");
                 return ExitCode::from(EXIT_INVALID);
             }
         },
+    };
+    let manifests = match read {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_INVALID);
+        }
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -537,7 +537,6 @@ fn master_command(args: MasterArgs, registry: Registry) -> ExitCode {
             listen: args.listen,
             token,
             manifests,
-            source,
             registry,
             options: crate::master::state::MasterOptions {
                 agents: args.agents,

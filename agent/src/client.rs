@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::uri::{Authority, Scheme};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -20,37 +19,9 @@ use crate::metrics::ErrorKind;
 /// The body type of requests.
 pub type ReqBody = Full<Bytes>;
 
-/// Where a connection goes: scheme, host and port.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Origin {
-    /// `http` or `https`.
-    pub tls: bool,
-    /// Host and port as in the URL.
-    pub authority: Authority,
-}
-
-impl Origin {
-    /// The origin of an absolute URI, or why it has none.
-    pub fn of(uri: &http::Uri) -> Result<Origin, String> {
-        let tls = match uri.scheme() {
-            Some(s) if *s == Scheme::HTTPS => true,
-            Some(s) if *s == Scheme::HTTP => false,
-            Some(s) => return Err(format!("scheme {s} is not http or https")),
-            None => return Err("the URL has no scheme (http:// or https://)".into()),
-        };
-        let authority = uri
-            .authority()
-            .cloned()
-            .ok_or_else(|| "the URL has no host".to_string())?;
-        Ok(Origin { tls, authority })
-    }
-
-    fn port(&self) -> u16 {
-        self.authority
-            .port_u16()
-            .unwrap_or(if self.tls { 443 } else { 80 })
-    }
-}
+/// Where a connection goes (scheme, host and port): plain data the model resolves when it
+/// compiles a scenario.
+pub use murmuration_model::http::Origin;
 
 /// Client settings shared by all users of a scenario.
 #[derive(Clone)]

@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use murmuration_crds::coordinator::{CoordinationAction, GroupSize, PlanItem};
-use murmuration_crds::units::parse_duration;
 use murmuration_crds::CoordinatorSpec;
 use parking_lot::Mutex;
 use rand::rngs::SmallRng;
@@ -26,7 +25,7 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::scenario::UserId;
+use murmuration_model::UserId;
 
 /// Why joining failed.
 #[derive(Debug, thiserror::Error)]
@@ -372,25 +371,10 @@ pub struct Coordinators {
     remote: Option<Remote>,
 }
 
-/// Checks a coordinator's spec; returns its timeout.
+/// Checks a coordinator's spec (the model's rules); returns its timeout. Errors name the
+/// coordinator and the field (`Coordinator c: spec.timeout: ...`).
 pub fn timeout_of(name: &str, spec: &CoordinatorSpec) -> Result<Duration, String> {
-    let timeout = match &spec.timeout {
-        Some(t) => {
-            parse_duration(t).map_err(|e| format!("Coordinator {name}: spec.timeout: {e}"))?
-        }
-        None => Duration::from_secs(30),
-    };
-    if timeout.is_zero() {
-        return Err(format!(
-            "Coordinator {name}: spec.timeout: must be longer than zero"
-        ));
-    }
-    if spec.plan.is_empty() {
-        return Err(format!(
-            "Coordinator {name}: spec.plan: needs at least one item"
-        ));
-    }
-    Ok(timeout)
+    murmuration_model::coordinator::compile(spec).map_err(|e| format!("Coordinator {name}: {e}"))
 }
 
 impl Coordinators {
@@ -744,7 +728,7 @@ mod tests {
     #[test]
     fn specs_are_checked() {
         let spec: CoordinatorSpec =
-            serde_yaml::from_str("timeout: soon\nplan: [{users: 2, action: pairs}]").unwrap();
+            serde_saphyr::from_str("timeout: soon\nplan: [{users: 2, action: pairs}]").unwrap();
         let e = Coordinators::from_specs([("c", &spec)].into_iter())
             .err()
             .unwrap();

@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 use murmuration_crds::profile::{Lane, LoadProfile};
+use murmuration_model::pacing::{completed, UserPacer};
 
 use crate::arrivals::{ArrivalRunner, IdSource};
 use crate::coordinator::Coordinators;
@@ -197,14 +198,10 @@ fn scenario_of(
             Arc::new(Arc::new(w.clone())) as Arc<dyn DynScenario>,
             serde_json::Value::Null,
         ),
-        ScenarioPlan::Messaging(m) => {
-            let users = crate::scenario::messaging::MessagingUsers::new(m)
-                .map_err(|e| EngineError::Setup(format!("spec.scenario.messaging: {e}")))?;
-            (
-                Arc::new(Arc::new(users)) as Arc<dyn DynScenario>,
-                serde_json::Value::Null,
-            )
-        }
+        ScenarioPlan::Messaging(m) => (
+            Arc::new(Arc::new(m.clone())) as Arc<dyn DynScenario>,
+            serde_json::Value::Null,
+        ),
         ScenarioPlan::Custom { name, config } => {
             let s = registry.get(name).ok_or_else(|| {
                 EngineError::Setup(format!("no custom scenario {name:?} in this binary"))
@@ -633,13 +630,12 @@ async fn control_loop(
     commands: &mut mpsc::UnboundedReceiver<Command>,
     on_tick: &mut impl FnMut(&Report),
 ) -> String {
-    let interarrival = run.plan.user_rate.and_then(|r| r.interarrival());
     let deadline = run.plan.duration.map(|d| run.started_at + d);
     let mut tick =
         tokio::time::interval_at(tokio::time::Instant::now() + run.opts.tick, run.opts.tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Users change one by one at `userRate`; `last_change` is when the last one was due.
-    let mut last_change = Instant::now();
+    // Users change one by one at `userRate`, paced as the master paces them.
+    let mut pacer = UserPacer::new(run.plan.user_rate, Instant::now());
     let mut commands_open = true;
     let profile_end = run.plan.profile.end().map(|e| run.started_at + e);
     let mut collect_due = false;
@@ -671,50 +667,22 @@ async fn control_loop(
             return "stages".into();
         }
         // Bring the user count towards `desired`, at the user rate.
-        let gap = run.desired.abs_diff(run.launched);
-        let mut next_change: Option<Instant> = None;
-        if gap > 0 {
-            let due = match interarrival {
-                None => gap,
-                Some(ia) => {
-                    let now = Instant::now();
-                    let n = (now.saturating_duration_since(last_change).as_secs_f64()
-                        / ia.as_secs_f64()) as u64;
-                    if n == 0 {
-                        next_change = Some(last_change + ia);
-                    }
-                    // Do not bank time while idle: at most what is due since the last change.
-                    last_change = if n >= gap {
-                        now
-                    } else {
-                        last_change + ia.mul_f64(n as f64)
-                    };
-                    n.min(gap)
-                }
-            };
-            if due > 0 {
-                if run.desired > run.launched {
-                    run.launch(due);
-                } else {
-                    run.retire(due);
-                }
-                if run.desired.abs_diff(run.launched) > 0 {
-                    next_change = Some(match interarrival {
-                        Some(ia) => last_change + ia,
-                        None => Instant::now(),
-                    });
-                }
+        let pace = pacer.pace(run.desired, run.launched, Instant::now());
+        if pace.due > 0 {
+            if run.desired > run.launched {
+                run.launch(pace.due);
+            } else {
+                run.retire(pace.due);
             }
-        } else {
-            last_change = Instant::now();
         }
         if std::mem::take(&mut collect_due) {
             run.collect();
             on_tick(&run.report("running", false));
         }
+        let next_change = pace.next;
         // Every user ended by itself: all repeats done (or, without repeats, every user
         // failed for good; the report says so).
-        if run.launched > 0 && run.desired == run.launched && run.running() == 0 {
+        if completed(run.desired, run.launched, run.running()) {
             return "completed".into();
         }
         let all_done = run.engine.shared.all_done.notified();

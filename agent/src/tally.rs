@@ -162,7 +162,7 @@ pub fn build_report(p: ReportParts<'_>) -> Report {
         bucket_s: 1,
         agents: p.agents,
     };
-    report.thresholds = p.thresholds.evaluate(&report);
+    report.thresholds = crate::thresholds::evaluate_all(p.thresholds, &report);
     if report.thresholds.iter().any(|t| !t.passed) {
         report.result = Outcome::Failed;
     }

@@ -25,8 +25,8 @@ use std::time::Duration;
 // tokio's clock, so that tests with a paused clock see the throttle move with it.
 use tokio::time::Instant;
 
-use murmuration_crds::units::parse_duration;
 use murmuration_crds::ThrottleSpec;
+use murmuration_model::throttle::{RampPlan, ThrottlePlan};
 use parking_lot::Mutex;
 use tokio::sync::{oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 
@@ -43,13 +43,7 @@ const CATCH_UP: Duration = Duration::from_millis(2);
 
 /// A throttle's limit: `rate` permits per `interval`; `interval` zero means at most `rate`
 /// executions at the same time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limit {
-    /// Permits per interval (or parallel executions when `interval` is zero).
-    pub rate: u64,
-    /// The window the rate applies to.
-    pub interval: Duration,
-}
+pub use murmuration_model::throttle::Limit;
 
 /// The right to run one action. For a parallel limit (`interval: 0s`) the slot is held
 /// until the permit is dropped.
@@ -97,35 +91,24 @@ pub struct ThrottleStats {
     pub waiting: u64,
 }
 
-/// A gradual change of the rate (amoc's `change_rate_gradually`).
+/// A gradual change of the rate (amoc's `change_rate_gradually`) under way: the model's
+/// rule, from when it started.
 #[derive(Debug, Clone, Copy)]
 struct Ramp {
     start: Instant,
-    from: u64,
-    to: u64,
-    step: u64,
-    every: Duration,
+    rule: murmuration_model::throttle::Ramp,
 }
 
 impl Ramp {
     fn rate_at(&self, now: Instant) -> u64 {
-        let steps = (now.saturating_duration_since(self.start).as_nanos()
-            / self.every.as_nanos().max(1)) as u64;
-        let moved = steps.saturating_mul(self.step);
-        if self.to >= self.from {
-            self.from.saturating_add(moved).min(self.to)
-        } else {
-            self.from.saturating_sub(moved).max(self.to)
-        }
+        self.rule
+            .rate_after(now.saturating_duration_since(self.start))
     }
 
     fn next_step(&self, now: Instant) -> Option<Instant> {
-        if self.rate_at(now) == self.to {
-            return None;
-        }
-        let every = self.every.as_nanos().max(1);
-        let steps = now.saturating_duration_since(self.start).as_nanos() / every + 1;
-        Some(self.start + Duration::from_nanos((steps * every) as u64))
+        self.rule
+            .next_step_after(now.saturating_duration_since(self.start))
+            .map(|d| self.start + d)
     }
 }
 
@@ -343,10 +326,7 @@ impl Throttle {
         let from = st.rate(now);
         st.ramp = Some(Ramp {
             start: now,
-            from,
-            to,
-            step: step.max(1),
-            every: every.max(Duration::from_millis(1)),
+            rule: murmuration_model::throttle::Ramp::new(from, RampPlan { to, step, every }),
         });
         st.limit.rate = to;
         drop(st);
@@ -541,58 +521,20 @@ impl Throttles {
     }
 }
 
-/// Checks a throttle's ramp; returns `(to, step, every)`.
-pub fn ramp_of(name: &str, spec: &ThrottleSpec) -> Result<Option<(u64, u64, Duration)>, String> {
-    let Some(r) = &spec.ramp else {
-        return Ok(None);
-    };
-    let every =
-        parse_duration(&r.every).map_err(|e| format!("Throttle {name}: spec.ramp.every: {e}"))?;
-    if every.is_zero() {
-        return Err(format!(
-            "Throttle {name}: spec.ramp.every: must be longer than zero"
-        ));
-    }
-    if r.step < 1 {
-        return Err(format!(
-            "Throttle {name}: spec.ramp.step: must be at least 1"
-        ));
-    }
-    if r.to < 0 {
-        return Err(format!("Throttle {name}: spec.ramp.to: cannot be negative"));
-    }
-    Ok(Some((r.to as u64, r.step as u64, every)))
+/// Checks a throttle's spec (the model's rules); errors name the throttle and the field
+/// (`Throttle a: spec.interval: ...`).
+pub fn plan_of(name: &str, spec: &ThrottleSpec) -> Result<ThrottlePlan, String> {
+    murmuration_model::throttle::compile(spec).map_err(|e| format!("Throttle {name}: {e}"))
 }
 
 /// Builds one throttle from its spec.
 pub fn throttle_of(name: &str, spec: &ThrottleSpec) -> Result<Arc<Throttle>, String> {
-    let limit = limit_of(name, spec)?;
-    let ramp = ramp_of(name, spec)?;
-    let throttle = Throttle::new(name, limit);
-    if let Some((to, step, every)) = ramp {
-        throttle.ramp(to, step, every);
+    let plan = plan_of(name, spec)?;
+    let throttle = Throttle::new(name, plan.limit);
+    if let Some(r) = plan.ramp {
+        throttle.ramp(r.to, r.step, r.every);
     }
     Ok(throttle)
-}
-
-/// The limit a spec asks for.
-pub fn limit_of(name: &str, spec: &ThrottleSpec) -> Result<Limit, String> {
-    if spec.rate < 0 {
-        return Err(format!("Throttle {name}: spec.rate: cannot be negative"));
-    }
-    let interval = match &spec.interval {
-        Some(i) => parse_duration(i).map_err(|e| format!("Throttle {name}: spec.interval: {e}"))?,
-        None => Duration::from_secs(60),
-    };
-    if !interval.is_zero() && interval < Duration::from_millis(1) {
-        return Err(format!(
-            "Throttle {name}: spec.interval: must be 0s or at least 1ms"
-        ));
-    }
-    Ok(Limit {
-        rate: spec.rate as u64,
-        interval,
-    })
 }
 
 #[cfg(test)]
@@ -894,7 +836,7 @@ mod tests {
     }
 
     #[test]
-    fn specs_are_checked() {
+    fn specs_are_checked_by_the_model_rules() {
         let spec = |rate: i64, interval: Option<&str>| ThrottleSpec {
             load_test: None,
             rate,
@@ -902,16 +844,16 @@ mod tests {
             ramp: None,
         };
         assert_eq!(
-            limit_of("a", &spec(5, None)).unwrap(),
+            plan_of("a", &spec(5, None)).unwrap().limit,
             Limit {
                 rate: 5,
                 interval: Duration::from_secs(60)
             }
         );
-        assert!(limit_of("a", &spec(-1, None))
+        assert!(plan_of("a", &spec(-1, None))
             .unwrap_err()
             .contains("spec.rate"));
-        assert!(limit_of("a", &spec(5, Some("fast")))
+        assert!(plan_of("a", &spec(5, Some("fast")))
             .unwrap_err()
             .contains("Throttle a: spec.interval"));
     }

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -15,14 +14,7 @@ use tokio::task::AbortHandle;
 use crate::metrics::WorkerMetrics;
 use crate::scenario::{Bound, RunningScenario, Scenario, ScenarioError, TestEnv, User, UserId};
 
-/// How often each user runs the scenario.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RepeatPlan {
-    /// Runs per user; `None` = until removed or the test ends.
-    pub times: Option<u64>,
-    /// Pause between two runs.
-    pub interval: Duration,
-}
+pub use murmuration_model::RepeatPlan;
 
 /// Lifecycle of one user, shared by its worker and its task: [`RUNNING`], [`PAUSED`]
 /// (between two iterations, waiting for the repeat interval) or [`STOPPING`].

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 async fn run(yaml: &str) -> Report {
     let registry = Registry::new();
-    let spec: murmuration_crds::LoadTestSpec = serde_yaml::from_str(yaml).unwrap();
+    let spec: murmuration_crds::LoadTestSpec = serde_saphyr::from_str(yaml).unwrap();
     let plan = build_plan("bad-targets", &spec, &[], &[], &registry).unwrap();
     let (_tx, rx) = mpsc::unbounded_channel();
     let opts = EngineOptions {

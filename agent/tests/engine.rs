@@ -64,7 +64,7 @@ impl Scenario for Recorder {
 }
 
 fn plan(yaml: &str, registry: &Registry) -> TestPlan {
-    let spec: murmuration_crds::LoadTestSpec = serde_yaml::from_str(yaml).unwrap();
+    let spec: murmuration_crds::LoadTestSpec = serde_saphyr::from_str(yaml).unwrap();
     build_plan("engine-test", &spec, &[], &[], registry).unwrap()
 }
 

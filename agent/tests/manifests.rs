@@ -103,12 +103,12 @@ fn bad_input_names_document_field_and_reason() {
         ),
         (
             GOOD.replace("- request: {path: /}", "- throttle: nowhere"),
-            "spec.scenario.http.steps",
+            "spec.scenario.http.steps[0].throttle",
             "no Throttle of that name",
         ),
         (
             GOOD.replace("- request: {path: /}", "- coordinate: nobody"),
-            "spec.scenario.http.steps",
+            "spec.scenario.http.steps[0].coordinate",
             "no Coordinator of that name",
         ),
         (

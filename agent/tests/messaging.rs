@@ -19,7 +19,7 @@ async fn two_thousand_users_chat_and_leave() {
         "users: 2000\nrepeat: {{times: 1}}\nvars: {{target: \"{}\"}}\nscenario:\n  messaging:\n    server: \"{{{{vars.target}}}}\"\n    minMessages: 3\n    maxMessages: 5\n    neighbours: 2\n    interval: 50ms\n    silence: 400ms\n",
         server.local_addr()
     );
-    let spec: murmuration_crds::LoadTestSpec = serde_yaml::from_str(&yaml).unwrap();
+    let spec: murmuration_crds::LoadTestSpec = serde_saphyr::from_str(&yaml).unwrap();
     let registry = Registry::new();
     let plan = build_plan("chat", &spec, &[], &[], &registry).unwrap();
     let (_tx, rx) = mpsc::unbounded_channel();
@@ -142,7 +142,7 @@ async fn users_count_a_server_that_answers_garbage() {
     let yaml = format!(
         "users: 20\nrepeat: {{times: 1}}\nscenario:\n  messaging:\n    server: \"{addr}\"\n"
     );
-    let spec: murmuration_crds::LoadTestSpec = serde_yaml::from_str(&yaml).unwrap();
+    let spec: murmuration_crds::LoadTestSpec = serde_saphyr::from_str(&yaml).unwrap();
     let registry = Registry::new();
     let plan = build_plan("garbage", &spec, &[], &[], &registry).unwrap();
     let (_tx, rx) = mpsc::unbounded_channel();

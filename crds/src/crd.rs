@@ -41,7 +41,7 @@ fn for_1_20(crd: CustomResourceDefinition) -> CustomResourceDefinition {
 
 /// The YAML text of one CRD, with a header saying where it comes from.
 pub fn to_yaml(crd: &CustomResourceDefinition) -> String {
-    let body = serde_yaml::to_string(crd).expect("a CRD always serialises");
+    let body = serde_saphyr::to_string(crd).expect("a CRD always serialises");
     format!(
         "# Generated from crates/crds by `cargo run -p murmuration-crds --bin crdgen`.\n# Do not edit: change the Rust types and regenerate.\n{body}"
     )

@@ -568,7 +568,7 @@ mod tests {
 
     fn spec(yaml: &str) -> LoadTestSpec {
         let base = "scenario: {custom: {name: x}}\n";
-        serde_yaml::from_str(&format!("{base}{yaml}")).unwrap()
+        serde_saphyr::from_str(&format!("{base}{yaml}")).unwrap()
     }
 
     #[test]

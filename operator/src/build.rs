@@ -74,46 +74,17 @@ pub fn token_secret(lt: &LoadTest, token: &str) -> Secret {
 }
 
 /// The manifests the master runs (`MURMUR_TEST`): the LoadTest and the test's Throttles and
-/// Coordinators as `kubectl apply` files look, without cluster metadata.
+/// Coordinators as the model writes them (JSON of the documents, without cluster metadata).
 pub fn test_manifests(
     lt: &LoadTest,
     throttles: &[Throttle],
     coordinators: &[Coordinator],
 ) -> String {
-    let mut docs = Vec::new();
-    let bare = |kind: &str, name: &str, spec: serde_json::Value| {
-        serde_yaml::to_string(&serde_json::json!({
-            "apiVersion": "murmuration.dev/v1alpha1",
-            "kind": kind,
-            "metadata": {"name": name},
-            "spec": spec,
-        }))
-        .unwrap_or_default()
-    };
-    docs.push(bare(
-        "LoadTest",
-        &test_name(lt),
-        serde_json::to_value(&lt.spec).unwrap_or_default(),
-    ));
-    for t in throttles {
-        docs.push(bare(
-            "Throttle",
-            t.metadata.name.as_deref().unwrap_or_default(),
-            serde_json::to_value(&t.spec).unwrap_or_default(),
-        ));
-    }
-    for c in coordinators {
-        docs.push(bare(
-            "Coordinator",
-            c.metadata.name.as_deref().unwrap_or_default(),
-            serde_json::to_value(&c.spec).unwrap_or_default(),
-        ));
-    }
-    docs.join("---\n")
+    murmuration_model::Manifests::of_objects(lt, throttles, coordinators).to_json()
 }
 
-/// The LoadTest spec a master pod was started with (its `MURMUR_TEST`, the first document
-/// of [`test_manifests`]), to tell which later edits it has not taken.
+/// The LoadTest spec a master pod was started with (its `MURMUR_TEST`, read by the model),
+/// to tell which later edits it has not taken.
 pub fn started_spec(master: &k8s_openapi::api::core::v1::Pod) -> Option<LoadTestSpec> {
     let text = master
         .spec
@@ -126,9 +97,9 @@ pub fn started_spec(master: &k8s_openapi::api::core::v1::Pod) -> Option<LoadTest
         .find(|e| e.name == "MURMUR_TEST")?
         .value
         .as_deref()?;
-    let first = serde_yaml::Deserializer::from_str(text).next()?;
-    let doc: serde_json::Value = serde::Deserialize::deserialize(first).ok()?;
-    serde_json::from_value(doc.get("spec")?.clone()).ok()
+    murmuration_model::parse_manifests("MURMUR_TEST", text)
+        .ok()
+        .map(|m| m.test.spec)
 }
 
 fn field_env(name: &str, path: &str) -> EnvVar {

@@ -42,7 +42,6 @@ use crate::master::MasterClient;
 use crate::metrics::Metrics;
 use crate::names::{self, MANAGER, MASTER_PORT, TOKEN_KEY};
 use crate::status::{self, StatusWrite, Transition};
-use crate::validate::validate_test;
 
 /// How often a running test's status is refreshed (its figures are written at most this
 /// often).
@@ -328,15 +327,10 @@ async fn reconcile_inner(lt: &LoadTest, ctx: &Context) -> Result<Action, Error> 
         return finished(lt, ctx).await;
     }
     // Validate.
-    if let Err(problem) = validate_test(
-        &lt.spec,
-        throttles
-            .iter()
-            .map(|t| (t.metadata.name.as_deref().unwrap_or_default(), &t.spec)),
-        coordinators
-            .iter()
-            .map(|c| (c.metadata.name.as_deref().unwrap_or_default(), &c.spec)),
-    ) {
+    // The model's compiler, as `murmur run` and the master use it (custom scenario names
+    // aside): a test it refuses gets no pod, Secret or StatefulSet.
+    if let Err(e) = murmuration_model::compile_objects(lt, &throttles, &coordinators) {
+        let problem = status::Invalid::of(&e);
         let (status, events) = status::invalid(lt, &problem, &now());
         publish(ctx, lt, &events).await;
         write_status(ctx, lt, &status).await?;
@@ -476,7 +470,7 @@ async fn parts_of(
     let (want_t, want_c) = ctx
         .tests
         .get(&ObjectRef::new(test).within(ns))
-        .map(|t| crate::validate::names_used(&t.spec))
+        .map(|t| murmuration_model::names_used(&t.spec))
         .unwrap_or_default();
     Ok((
         parts(ctx, &ctx.throttles, ns, test, want_t).await?,

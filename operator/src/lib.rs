@@ -3,7 +3,8 @@
 //! go to the master's API; the master's state comes back as status, conditions and Events;
 //! at the end the report is kept in a ConfigMap and the pods go.
 //!
-//! Parts: [`validate`] (what the schema cannot check), [`build`] (the desired objects, pure),
+//! A test is judged by the model's compiler ([`murmuration_model::compile_objects`]), as
+//! `murmur run` and the master judge it. Parts: [`build`] (the desired objects, pure),
 //! [`status`] (status from the master's, pure), [`master`] (the master's API client),
 //! [`controller`] (the reconcile pipeline), [`lease`] (leader election), [`metrics`].
 #![warn(missing_docs)]
@@ -15,4 +16,3 @@ pub mod master;
 pub mod metrics;
 pub mod names;
 pub mod status;
-pub mod validate;

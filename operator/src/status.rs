@@ -15,7 +15,41 @@ use murmuration_crds::loadtest::{
 };
 use murmuration_crds::{LoadTest, LoadTestSpec};
 
-use crate::validate::Invalid;
+/// What is wrong with a test, as its condition `Invalid` and its Event say it: the field
+/// (prefixed with `Throttle NAME: ` or `Coordinator NAME: ` for the test's parts) and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct Invalid {
+    /// The field, as a path (`spec.scenario.http.steps[2].throttle`).
+    pub field: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl Invalid {
+    /// The model's answer about a test compiled from its objects
+    /// ([`murmuration_model::compile_objects`]).
+    pub fn of(e: &murmuration_model::ManifestError) -> Invalid {
+        match e {
+            murmuration_model::ManifestError::Invalid {
+                document,
+                field,
+                reason,
+            } => Invalid {
+                field: if document.starts_with("LoadTest ") {
+                    field.clone()
+                } else {
+                    format!("{document}: {field}")
+                },
+                reason: reason.clone(),
+            },
+            other => Invalid {
+                field: "(document)".into(),
+                reason: other.to_string(),
+            },
+        }
+    }
+}
 
 /// What deserves an Event.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,13 +12,12 @@ use murmuration_crds::api::MasterStatus;
 use murmuration_crds::{Coordinator, LoadTest, Throttle};
 use murmuration_operator::build::{self, PodSettings};
 use murmuration_operator::status::{self, Transition};
-use murmuration_operator::validate::{validate, validate_test};
 
 fn snapshot(name: &str, value: &impl serde::Serialize) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/snapshots")
         .join(format!("{name}.yaml"));
-    let yaml = serde_yaml::to_string(value).unwrap();
+    let yaml = serde_saphyr::to_string(value).unwrap();
     if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
         std::fs::write(&path, &yaml).unwrap();
         return;
@@ -44,7 +43,7 @@ fn snapshot(name: &str, value: &impl serde::Serialize) {
 }
 
 fn test() -> LoadTest {
-    serde_yaml::from_str(
+    serde_saphyr::from_str(
         "apiVersion: murmuration.dev/v1alpha1
 kind: LoadTest
 metadata:
@@ -76,7 +75,7 @@ spec:
 }
 
 fn throttle() -> Throttle {
-    serde_yaml::from_str(
+    serde_saphyr::from_str(
         "apiVersion: murmuration.dev/v1alpha1
 kind: Throttle
 metadata: {name: checkout-rate, namespace: shop}
@@ -87,7 +86,7 @@ spec: {loadTest: checkout, rate: 100, interval: 1m}
 }
 
 fn coordinator() -> Coordinator {
-    serde_yaml::from_str(
+    serde_saphyr::from_str(
         "apiVersion: murmuration.dev/v1alpha1
 kind: Coordinator
 metadata: {name: pairs, namespace: shop}
@@ -115,12 +114,7 @@ fn at(s: &str) -> Time {
 #[test]
 fn the_objects_of_a_test() {
     let lt = test();
-    validate_test(
-        &lt.spec,
-        [("checkout-rate", &throttle().spec)],
-        [("pairs", &coordinator().spec)],
-    )
-    .unwrap();
+    murmuration_model::compile_objects(&lt, &[throttle()], &[coordinator()]).unwrap();
     let manifests = build::test_manifests(&lt, &[throttle()], &[coordinator()]);
     snapshot(
         "secret",
@@ -218,7 +212,9 @@ fn status_from_the_master_and_its_transitions() {
 #[test]
 fn an_invalid_test_names_the_field_once() {
     let mut lt = test();
-    let problem = validate(&lt.spec, &[], &["pairs".into()]).unwrap_err();
+    let problem = status::Invalid::of(
+        &murmuration_model::compile_objects(&lt, &[], &[coordinator()]).unwrap_err(),
+    );
     let (st, events) = status::invalid(&lt, &problem, &at("2026-11-22T10:00:00Z"));
     snapshot("status-invalid", &st);
     assert_eq!(events.len(), 1);
@@ -267,7 +263,7 @@ fn status_writes_transitions_at_once_and_figures_paced() {
 #[test]
 fn a_master_that_never_answers_fails_the_test_with_the_reason() {
     let lt = test();
-    let pod: k8s_openapi::api::core::v1::Pod = serde_yaml::from_str(
+    let pod: k8s_openapi::api::core::v1::Pod = serde_saphyr::from_str(
         "metadata: {name: checkout-master, creationTimestamp: \"2026-11-22T10:00:00Z\"}
 status:
   phase: Pending

@@ -19,6 +19,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
+use crate::json_stream::decode_all;
+
 /// Connected users: id (its JSON text) → the channel of its connection.
 type Sessions = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Value>>>>;
 
@@ -86,29 +88,6 @@ impl Drop for MessagingDemo {
             let _ = s.send(true);
         }
     }
-}
-
-/// Splits complete JSON values off the front of `buf`; `Err` on bad JSON.
-pub fn decode_all(buf: &mut Vec<u8>) -> Result<Vec<Value>, serde_json::Error> {
-    let mut out = Vec::new();
-    let mut stream = serde_json::Deserializer::from_slice(buf).into_iter::<Value>();
-    let mut consumed = 0;
-    loop {
-        match stream.next() {
-            Some(Ok(v)) => {
-                out.push(v);
-                consumed = stream.byte_offset();
-            }
-            Some(Err(e)) if e.is_eof() => break,
-            Some(Err(e)) => return Err(e),
-            None => {
-                consumed = buf.len();
-                break;
-            }
-        }
-    }
-    buf.drain(..consumed);
-    Ok(out)
 }
 
 async fn write(stream: &mut tokio::net::tcp::OwnedWriteHalf, v: &Value) -> std::io::Result<()> {

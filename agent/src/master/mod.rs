@@ -27,7 +27,9 @@ use tokio::time::Instant;
 use murmuration_crds::api::{self, ApiError, MasterStatus, SetAgents, SetUsers, SetVars, Stop};
 use murmuration_crds::{CoordinatorSpec, ThrottleSpec};
 
-use crate::plan::{plan_from_text, ManifestError};
+use murmuration_model::CustomScenarios;
+
+use crate::plan::{ManifestError, Manifests};
 use crate::report::Report;
 use crate::scenario::{Registry, Vars};
 use crate::wire::{read_frame, write_frame, FromAgent, ToAgent, FRAME_TIMEOUT};
@@ -62,10 +64,8 @@ pub struct MasterConfig {
     pub listen: SocketAddr,
     /// The test's token.
     pub token: String,
-    /// The test's manifests (YAML).
-    pub manifests: String,
-    /// Where they come from (for error messages).
-    pub source: String,
+    /// The test's manifests, read (they go to the agents as the model's JSON).
+    pub manifests: Manifests,
     /// Custom scenarios this binary knows (to check the test).
     pub registry: Registry,
     /// Settings.
@@ -180,11 +180,10 @@ pub async fn start(config: MasterConfig) -> Result<MasterHandle, MasterError> {
     if config.token.len() < 16 {
         return Err(MasterError::WeakToken);
     }
-    let plan = plan_from_text(
-        &config.source,
-        &config.manifests,
-        &config.registry,
+    let plan = murmuration_model::compile(
+        config.manifests.clone(),
         &Vars::new(),
+        CustomScenarios::Known(&config.registry.names()),
     )?;
     let listener =
         TcpListener::bind(config.listen)
@@ -200,7 +199,12 @@ pub async fn start(config: MasterConfig) -> Result<MasterHandle, MasterError> {
             source,
         })?;
     let test = plan.name.clone();
-    let core = Core::new(plan, config.manifests, config.options, Instant::now());
+    let core = Core::new(
+        plan,
+        config.manifests.to_json(),
+        config.options,
+        Instant::now(),
+    );
     let (events, rx) = mpsc::unbounded_channel();
     tokio::spawn(books(core, rx));
     let shared = Arc::new(Server {

@@ -19,13 +19,16 @@ use murmuration_crds::loadtest::{
 use murmuration_crds::units::format_duration;
 use murmuration_crds::{CoordinatorSpec, ThrottleSpec};
 
+use murmuration_model::pacing::{completed, UserPacer};
+use murmuration_model::throttle::{Ramp, ThrottlePlan};
+
 use crate::coordinator::{timeout_of, Machine, Member};
 use crate::engine::{build_report, now_ms, series_point, ReportParts, Tally};
 use crate::metrics::{Percentiles, Period};
 use crate::plan::TestPlan;
 use crate::report::{CoordinatorSummary, Outcome, Report, SeriesPoint, ThrottleSummary};
 use crate::scenario::{UserId, Vars};
-use crate::throttle::{limit_of, ramp_of, Limit};
+use crate::throttle::{plan_of, Limit};
 use crate::wire::{AgentPoint, FromAgent, Ids, Memo, ThrottleDemand, ToAgent};
 
 mod profile;
@@ -119,8 +122,8 @@ impl AgentBook {
 struct SharedThrottle {
     spec: ThrottleSpec,
     limit: Limit,
-    /// `(start, from, to, step, every)` of a gradual change.
-    ramp: Option<(Instant, u64, u64, u64, Duration)>,
+    /// A gradual change and when it started.
+    ramp: Option<(Instant, Ramp)>,
     /// Share of each agent now.
     shares: BTreeMap<String, u64>,
     /// Shares given in the last interval: an agent may still be granting at its old
@@ -132,17 +135,8 @@ struct SharedThrottle {
 
 impl SharedThrottle {
     fn rate_at(&self, now: Instant) -> u64 {
-        match self.ramp {
-            Some((start, from, to, step, every)) => {
-                let steps = (now.saturating_duration_since(start).as_nanos()
-                    / every.as_nanos().max(1)) as u64;
-                let moved = steps.saturating_mul(step);
-                if to >= from {
-                    from.saturating_add(moved).min(to)
-                } else {
-                    from.saturating_sub(moved).max(to)
-                }
-            }
+        match &self.ramp {
+            Some((start, ramp)) => ramp.rate_after(now.saturating_duration_since(*start)),
             None => self.limit.rate,
         }
     }
@@ -185,8 +179,8 @@ pub struct Core {
     owner: HashMap<UserId, String>,
     ended: HashSet<UserId>,
     orphans: BTreeSet<UserId>,
-    /// When the last user change was due (pacing at `userRate`).
-    last_change: Instant,
+    /// Paces user changes at `userRate` (the engine's rule too).
+    pacer: UserPacer,
     throttles: BTreeMap<String, SharedThrottle>,
     coordinators: BTreeMap<String, SharedCoordinator>,
     // Metrics.
@@ -216,6 +210,7 @@ impl Core {
         for (name, spec) in &plan.coordinators {
             memo.coordinators.insert(name.clone(), spec.clone());
         }
+        let user_rate = plan.user_rate;
         let mut core = Core {
             plan,
             manifests,
@@ -234,7 +229,7 @@ impl Core {
             owner: HashMap::new(),
             ended: HashSet::new(),
             orphans: BTreeSet::new(),
-            last_change: now,
+            pacer: UserPacer::new(user_rate, now.into_std()),
             throttles: BTreeMap::new(),
             coordinators: BTreeMap::new(),
             names: Vec::new(),
@@ -646,7 +641,7 @@ impl Core {
             if ready >= self.memo.agents {
                 self.phase = TestPhase::Running;
                 self.started = Some(now);
-                self.last_change = now;
+                self.pacer.reset(now.into_std());
                 self.memo.started_at_ms = now_ms();
                 self.bump_memo();
                 tracing::info!(
@@ -670,7 +665,7 @@ impl Core {
                 let back = self.connected_count() >= self.memo.agents;
                 if now >= until || back {
                     self.recovering_until = None;
-                    self.last_change = now;
+                    self.pacer.reset(now.into_std());
                     // Ids that nobody reported run on an agent that did not come back.
                     let missing: Vec<UserId> = (1..=self.memo.launched)
                         .filter(|id| !self.owner.contains_key(id) && !self.ended.contains(id))
@@ -735,26 +730,10 @@ impl Core {
 
     /// Moves `launched` towards `desired` at `userRate`.
     fn pace_users(&mut self, now: Instant) -> Outbox {
-        let gap = self.memo.desired.abs_diff(self.memo.launched);
-        if gap == 0 {
-            self.last_change = now;
-            return Outbox::new();
-        }
-        let due = match self.plan.user_rate.and_then(|r| r.interarrival()) {
-            None => gap,
-            Some(ia) => {
-                let n = (now
-                    .saturating_duration_since(self.last_change)
-                    .as_secs_f64()
-                    / ia.as_secs_f64()) as u64;
-                self.last_change = if n >= gap {
-                    now
-                } else {
-                    self.last_change + ia.mul_f64(n as f64)
-                };
-                n.min(gap)
-            }
-        };
+        let due = self
+            .pacer
+            .pace(self.memo.desired, self.memo.launched, now.into_std())
+            .due;
         if due == 0 {
             return Outbox::new();
         }
@@ -813,12 +792,8 @@ impl Core {
         if let Some(why) = self.profile_end_due(now) {
             return Some(why);
         }
-        let launched = self.memo.launched;
-        if launched > 0
-            && launched == self.memo.desired
-            && self.owner.is_empty()
-            && self.orphans.is_empty()
-        {
+        let still_running = (self.owner.len() + self.orphans.len()) as u64;
+        if completed(self.memo.desired, self.memo.launched, still_running) {
             return Some("completed");
         }
         None
@@ -898,8 +873,7 @@ impl Core {
         spec: ThrottleSpec,
         now: Instant,
     ) -> Result<(), String> {
-        let limit = limit_of(name, &spec)?;
-        let ramp = ramp_of(name, &spec)?;
+        let ThrottlePlan { limit, ramp } = plan_of(name, &spec)?;
         if self.throttles.get(name).is_some_and(|st| st.spec == spec) {
             return Ok(());
         }
@@ -924,7 +898,7 @@ impl Core {
             });
         st.spec = spec.clone();
         st.limit = limit;
-        st.ramp = ramp.map(|(to, step, every)| (now, from, to, step, every));
+        st.ramp = ramp.map(|r| (now, Ramp::new(from, r)));
         self.memo.throttles.insert(name.to_owned(), spec);
         self.bump_memo();
         Ok(())

@@ -12,64 +12,21 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
-use murmuration_crds::loadtest::MessagingScenario;
-use murmuration_crds::units::parse_duration;
 use rand::Rng;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::demo::messaging::decode_all;
+use crate::json_stream::decode_all;
 use crate::metrics::{ErrorKind, StepId};
 use crate::scenario::{InitContext, Scenario, ScenarioError, User};
-use crate::template::Template;
 
 /// How long a user waits for the server to acknowledge its connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The messaging users, configured.
-#[derive(Debug, Clone)]
-pub struct MessagingUsers {
-    server: Template,
-    min_messages: u32,
-    max_messages: u32,
-    interval: Duration,
-    silence: Duration,
-    neighbours: u64,
-}
-
-impl MessagingUsers {
-    /// Checks the scenario's settings; errors name the field.
-    pub fn new(s: &MessagingScenario) -> Result<MessagingUsers, String> {
-        let server = Template::parse(&s.server).map_err(|e| format!("server: {e}"))?;
-        let d = |v: &Option<String>, f: &str, default: Duration| -> Result<Duration, String> {
-            match v {
-                Some(v) => parse_duration(v).map_err(|e| format!("{f}: {e}")),
-                None => Ok(default),
-            }
-        };
-        let (min, max) = (s.min_messages.unwrap_or(20), s.max_messages.unwrap_or(30));
-        if min > max {
-            return Err(format!(
-                "minMessages ({min}) is more than maxMessages ({max})"
-            ));
-        }
-        let interval = d(&s.interval, "interval", Duration::from_secs(1))?;
-        let silence = d(&s.silence, "silence", Duration::from_secs(3))?;
-        if interval.is_zero() || silence.is_zero() {
-            return Err("interval and silence must be longer than zero".into());
-        }
-        Ok(MessagingUsers {
-            server,
-            min_messages: min,
-            max_messages: max,
-            interval,
-            silence,
-            neighbours: s.neighbours.unwrap_or(10) as u64,
-        })
-    }
-}
+/// The messaging users: their settings as the model checked them.
+pub use murmuration_model::messaging::MessagingPlan as MessagingUsers;
 
 /// Step ids of the scenario.
 pub struct MessagingState {

@@ -25,7 +25,6 @@
 pub mod http;
 pub mod messaging;
 pub mod websocket;
-pub mod websocket_plan;
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -42,10 +41,10 @@ use crate::metrics::{ErrorKind, StepId, StepNames, WorkerMetrics};
 use crate::throttle::{Permit, Throttles};
 
 /// A user's unique integer id: 1..=users.
-pub type UserId = u64;
+pub use murmuration_model::UserId;
 
 /// Scenario variables (`spec.vars`), replaced as a whole when they change at runtime.
-pub type Vars = serde_json::Map<String, serde_json::Value>;
+pub use murmuration_model::Vars;
 
 /// A boxed future, as scenarios are stored behind trait objects.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -1,6 +1,6 @@
 //! The declarative `websocket` scenario at run time: every user holds one connection
 //! (tokio-tungstenite over TCP or rustls), across iterations too, and runs the compiled
-//! steps of [`super::websocket_plan`].
+//! steps of [`murmuration_model::websocket`].
 //!
 //! - `connect` keeps a connection still open from an earlier iteration; otherwise it opens
 //!   one, measured (TCP, TLS, handshake). A failed connect ends the iteration.
@@ -31,7 +31,7 @@ use tokio_util::either::Either;
 
 use crate::client::ClientConfig;
 use crate::metrics::{ErrorKind, StepId};
-use crate::scenario::websocket_plan::{
+use murmuration_model::websocket::{
     parse_url, ConnectStep, Outgoing, ReceiveStep, SendStep, WebSocketPlan, WsStep, WsUrl,
 };
 use crate::scenario::{InitContext, Scenario, ScenarioError, User};

@@ -33,15 +33,14 @@ pub async fn apply_yaml(
 
 /// The Kubernetes objects of a multi-document YAML text (empty documents skipped).
 pub fn parse_yaml(yaml: &str) -> Result<Vec<DynamicObject>> {
-    use serde::Deserialize;
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(yaml)
+        .map_err(|e| Error::Setup(format!("invalid YAML: {e}")))?;
     let mut out = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(yaml) {
-        let value = serde_yaml::Value::deserialize(doc)
-            .map_err(|e| Error::Setup(format!("invalid YAML: {e}")))?;
+    for value in docs {
         if value.is_null() {
             continue;
         }
-        let obj: DynamicObject = serde_yaml::from_value(value)
+        let obj: DynamicObject = serde_json::from_value(value)
             .map_err(|e| Error::Setup(format!("manifest is not a Kubernetes object: {e}")))?;
         out.push(obj);
     }

@@ -44,13 +44,9 @@ print(json.dumps(out))
     );
     let mut objects = Vec::new();
     for (path, text) in files.as_object().expect("file → text") {
-        for doc in serde_yaml::Deserializer::from_str(text.as_str().unwrap_or_default()) {
-            let v: Value = serde::Deserialize::deserialize(doc)
-                .unwrap_or_else(|e| panic!("{path} does not parse: {e}"));
-            if !v.is_null() {
-                objects.push(v);
-            }
-        }
+        let docs: Vec<Value> = serde_saphyr::from_multiple(text.as_str().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{path} does not parse: {e}"));
+        objects.extend(docs.into_iter().filter(|v| !v.is_null()));
     }
     objects
 }

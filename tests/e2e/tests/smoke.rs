@@ -44,14 +44,13 @@ fn crd_files() -> Vec<PathBuf> {
 
 /// JSON paths of `enum`s that list `null`: Kubernetes 1.20 rejects such a CRD with the
 /// misleading "per-version schemas may not all be set to identical values".
-fn null_enums(v: &serde_yaml::Value, path: &str, out: &mut Vec<String>) {
+fn null_enums(v: &serde_json::Value, path: &str, out: &mut Vec<String>) {
     match v {
-        serde_yaml::Value::Mapping(m) => {
-            for (k, child) in m {
-                let key = k.as_str().unwrap_or("?");
+        serde_json::Value::Object(m) => {
+            for (key, child) in m {
                 if key == "enum"
                     && child
-                        .as_sequence()
+                        .as_array()
                         .is_some_and(|s| s.iter().any(|x| x.is_null()))
                 {
                     out.push(path.to_string());
@@ -59,7 +58,7 @@ fn null_enums(v: &serde_yaml::Value, path: &str, out: &mut Vec<String>) {
                 null_enums(child, &format!("{path}.{key}"), out);
             }
         }
-        serde_yaml::Value::Sequence(s) => {
+        serde_json::Value::Array(s) => {
             for (i, child) in s.iter().enumerate() {
                 null_enums(child, &format!("{path}[{i}]"), out);
             }
@@ -107,7 +106,7 @@ async fn install_crds(client: &Client) -> Result<Vec<String>> {
                 Err(e) => {
                     let mut hint = String::new();
                     let text = std::fs::read_to_string(f).unwrap_or_default();
-                    if let Ok(doc) = serde_yaml::from_str::<serde_yaml::Value>(&text) {
+                    if let Ok(doc) = serde_saphyr::from_str::<serde_json::Value>(&text) {
                         let mut paths = Vec::new();
                         null_enums(&doc, "", &mut paths);
                         if !paths.is_empty() {

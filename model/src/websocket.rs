@@ -1,8 +1,6 @@
 //! The `websocket` scenario compiled: the manifest's steps checked once (every error names
-//! its field) and turned into a plan that every user runs (see [`super::websocket`]).
-//!
-//! Pure: it depends on the CRD types, templates, JSONPath and `http` only, not on the
-//! runtime, so that it can move with the rest of manifest compilation.
+//! its field) and turned into a plan that every user runs (the agent's
+//! `scenario::websocket` runs it).
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -13,8 +11,8 @@ use murmuration_crds::units::parse_duration;
 use murmuration_crds::websocket as spec;
 use serde_json_path::JsonPath;
 
-use crate::field::FieldError;
-use crate::scenario::http::{header, think_bounds};
+use crate::error::FieldError;
+use crate::http::{header, think_bounds};
 use crate::template::{JsonTemplate, Template};
 
 /// Default time limit of a connect and of a receive.
@@ -606,7 +604,7 @@ mod tests {
     use super::*;
 
     fn compile(yaml: &str) -> Result<WebSocketPlan, FieldError> {
-        let s: spec::WebSocketScenario = serde_yaml::from_str(yaml).unwrap();
+        let s: spec::WebSocketScenario = serde_saphyr::from_str(yaml).unwrap();
         WebSocketPlan::compile(&s, "spec.scenario.websocket")
     }
 
@@ -722,7 +720,7 @@ steps:
             ),
         ];
         for (yaml, field, reason) in cases {
-            match serde_yaml::from_str::<spec::WebSocketScenario>(yaml) {
+            match serde_saphyr::from_str::<spec::WebSocketScenario>(yaml) {
                 Ok(s) => {
                     let e = WebSocketPlan::compile(&s, at).unwrap_err();
                     assert_eq!(e.field, field, "{yaml}: {e}");
