@@ -181,7 +181,7 @@ fn follows_the_plan(report: &serde_json::Value) -> Result<usize, String> {
             continue;
         };
         // The ramp's first second, and the final point taken after the users were stopped.
-        if t < 1.5 || t > 15.0 {
+        if !(1.5..=15.0).contains(&t) {
             continue;
         }
         let users = f(&p["users"]);
