@@ -2,7 +2,7 @@
 //! INFO to say, and the chart renders what its values promise — the operator pod hardened
 //! and listening on its pod IP, leader election's Role only when enabled, a ServiceMonitor
 //! only when asked for, selecting the metrics Service by labels that survive upgrades.
-//! The install itself (CRDs, RBAC, the operator running) is in `tests/operator.rs`.
+//! The install itself (CRDs, RBAC, the operator running) is in `tests/operator/`.
 
 use std::process::Command;
 
