@@ -275,7 +275,7 @@ impl TerminationLog {
             let cut = (cut..=tail.len())
                 .find(|i| tail.is_char_boundary(*i))
                 .unwrap_or(tail.len());
-            text = tail[cut..].as_bytes().to_vec();
+            text = tail.as_bytes()[cut..].to_vec();
         }
         let text = String::from_utf8_lossy(&text).into_owned();
         (!text.is_empty()).then_some(text)

@@ -55,16 +55,16 @@ pub async fn examples_pass(c: &Cluster) -> Result<()> {
     // One after the other: both at once would load the two cores of CI beyond what the
     // messaging example's error threshold allows for.
     for (name, example) in [("checkout", &http_example), ("chat", &chat_example)] {
-        manifests::apply_yaml(&admin, example, NS).await?;
-        let st = wait_finished(&tests, &kubelet, name, Duration::from_secs(120)).await?;
+        manifests::apply_yaml(admin, example, NS).await?;
+        let st = wait_finished(tests, kubelet, name, Duration::from_secs(120)).await?;
         assert_eq!(st["result"], "Passed", "example {name}: {st}");
         assert!(st["requests"]["total"].as_i64().unwrap() > 0, "{st}");
         eprintln!(
             "operator: example {name}: {} requests, p99 {} ms",
             st["requests"]["total"], st["latencyMs"]["p99"]
         );
-        kubectl(&cp, &["delete", "-n", NS, &format!("lt/{name}")]);
-        assert_nothing_left(&admin, name).await?;
+        kubectl(cp, &["delete", "-n", NS, &format!("lt/{name}")]);
+        assert_nothing_left(admin, name).await?;
     }
 
     Ok(())

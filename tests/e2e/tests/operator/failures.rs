@@ -21,7 +21,7 @@ pub async fn master_never_answers(c: &Cluster) -> Result<()> {
     // start barrier and the operator's grace (2 s, from the chart's values) are over, with
     // the master pod's state as the reason.
     manifests::apply_yaml(
-        &admin,
+        admin,
         &format!(
             "apiVersion: murmuration.dev/v1alpha1
 kind: LoadTest
@@ -41,7 +41,7 @@ spec:
         NS,
     )
     .await?;
-    let st = wait_finished(&tests, &kubelet, "stuck", Duration::from_secs(30)).await?;
+    let st = wait_finished(tests, kubelet, "stuck", Duration::from_secs(30)).await?;
     assert_eq!(st["phase"], "Failed", "{st}");
     assert_eq!(st["result"], "Failed", "{st}");
     let why = st["message"].as_str().unwrap();
@@ -49,8 +49,8 @@ spec:
         why.contains("did not answer") && why.contains("ImageNotRunnable"),
         "{st}"
     );
-    kubectl(&cp, &["delete", "-n", NS, "lt/stuck"]);
-    assert_nothing_left(&admin, "stuck").await?;
+    kubectl(cp, &["delete", "-n", NS, "lt/stuck"]);
+    assert_nothing_left(admin, "stuck").await?;
 
     Ok(())
 }
@@ -70,7 +70,7 @@ pub async fn master_exits_at_start(c: &Cluster) -> Result<()> {
     } = c;
     let t = Instant::now();
     manifests::apply_yaml(
-        &admin,
+        admin,
         &format!(
             "apiVersion: murmuration.dev/v1alpha1
 kind: LoadTest
@@ -86,7 +86,7 @@ spec:
         NS,
     )
     .await?;
-    let st = wait_finished(&tests, &kubelet, "crash", Duration::from_secs(60)).await?;
+    let st = wait_finished(tests, kubelet, "crash", Duration::from_secs(60)).await?;
     eprintln!(
         "operator: a master that exits at start failed its test after {:?}",
         t.elapsed()
@@ -109,14 +109,14 @@ spec:
                     .contains("checkout-in-rust")),
         "{st}"
     );
-    let events = events_of(&cp, "crash", "reason=Finished,type=Warning", &[]);
+    let events = events_of(cp, "crash", "reason=Finished,type=Warning", &[]);
     assert!(events.contains("checkout-in-rust"), "{events}");
-    let described = kubectl(&cp, &["describe", "pod", "-n", NS, "crash-master"]);
+    let described = kubectl(cp, &["describe", "pod", "-n", NS, "crash-master"]);
     assert!(
         described.contains("Terminated") && described.contains("checkout-in-rust"),
         "{described}"
     );
-    kubectl(&cp, &["delete", "-n", NS, "lt/crash"]);
-    assert_nothing_left(&admin, "crash").await?;
+    kubectl(cp, &["delete", "-n", NS, "lt/crash"]);
+    assert_nothing_left(admin, "crash").await?;
     Ok(())
 }

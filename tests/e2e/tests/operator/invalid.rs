@@ -68,14 +68,14 @@ spec:
         !refused.status.success() && said.contains("spec.duration"),
         "duration \"ten seconds\" was not refused naming spec.duration: {said}"
     );
-    manifests::apply_yaml(&admin, &bad, NS).await?;
+    manifests::apply_yaml(admin, &bad, NS).await?;
     let st = poll_until(
         "condition Invalid",
         scaled(Duration::from_secs(30)),
         Duration::from_millis(200),
         &[],
         || async {
-            let st = status_of(&tests, "bad").await?;
+            let st = status_of(tests, "bad").await?;
             st["conditions"]
                 .as_array()?
                 .iter()
@@ -91,7 +91,7 @@ spec:
             .contains("spec.scenario.http.steps[0].throttle"),
         "{st}"
     );
-    let events = events_of(&cp, "bad", "", &[]);
+    let events = events_of(cp, "bad", "", &[]);
     assert!(
         events.contains("Invalid") && events.contains("steps[0].throttle"),
         "{events}"
@@ -109,8 +109,8 @@ spec:
     let fixed = bad
         .replace("        - throttle: nowhere\n", "")
         .replace("  duration: 3s\n", "  duration: 3s\n  cleanup: {policy: Always}\n  thresholds:\n    - {metric: errors.ratio, max: \"0.01\"}\n");
-    manifests::apply_yaml(&admin, &fixed, NS).await?;
-    let st = wait_finished(&tests, &kubelet, "bad", Duration::from_secs(90)).await?;
+    manifests::apply_yaml(admin, &fixed, NS).await?;
+    let st = wait_finished(tests, kubelet, "bad", Duration::from_secs(90)).await?;
     assert_eq!(st["phase"], "Succeeded", "{st}");
     assert_eq!(st["result"], "Passed", "{st}");
     assert_eq!(st["thresholds"][0]["passed"], true, "{st}");
@@ -131,7 +131,7 @@ spec:
     )
     .await?;
     let out = tempfile::tempdir().unwrap();
-    let report = Command::new(&murmur)
+    let report = Command::new(murmur)
         .args(["report", "bad", "-n", NS, "--out"])
         .arg(out.path())
         .env("KUBECONFIG", cp.admin_kubeconfig())
@@ -149,8 +149,8 @@ spec:
     assert!(out.path().join("report.html").exists());
 
     // kubectl delete: nothing of the test is left.
-    kubectl(&cp, &["delete", "-n", NS, "lt/bad"]);
-    assert_nothing_left(&admin, "bad").await?;
+    kubectl(cp, &["delete", "-n", NS, "lt/bad"]);
+    assert_nothing_left(admin, "bad").await?;
 
     Ok(())
 }

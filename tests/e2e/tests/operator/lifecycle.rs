@@ -22,7 +22,7 @@ pub async fn cleanup_and_ttl(c: &Cluster) -> Result<()> {
     // cleanup {policy: Never, ttlSecondsAfterFinished}: the pods stay after the end, and
     // the test goes (with everything it owns) once its time to live is over.
     manifests::apply_yaml(
-        &admin,
+        admin,
         &format!(
             "apiVersion: murmuration.dev/v1alpha1
 kind: LoadTest
@@ -43,7 +43,7 @@ spec:
         NS,
     )
     .await?;
-    let st = wait_finished(&tests, &kubelet, "brief", Duration::from_secs(60)).await?;
+    let st = wait_finished(tests, kubelet, "brief", Duration::from_secs(60)).await?;
     assert_eq!(st["phase"], "Succeeded", "{st}");
     let kept = pods
         .list(&ListParams::default().labels("murmuration.dev/loadtest=brief"))
@@ -63,7 +63,7 @@ spec:
         "operator: a finished test with a 3 s TTL went after {:?}",
         t.elapsed()
     );
-    assert_nothing_left(&admin, "brief").await?;
+    assert_nothing_left(admin, "brief").await?;
 
     Ok(())
 }
@@ -82,7 +82,7 @@ pub async fn twenty_tests(c: &Cluster) -> Result<()> {
     // Twenty tests at once: the operator's memory.
     for i in 0..20 {
         manifests::apply_yaml(
-            &admin,
+            admin,
             &format!(
                 "apiVersion: murmuration.dev/v1alpha1
 kind: LoadTest
@@ -130,8 +130,8 @@ spec:
         &[],
         || async {
             let n = metric(
-                &kubelet,
-                &operator_name,
+                kubelet,
+                operator_name,
                 "murmuration_operator_tests",
                 "phase=\"Running\"",
             )?;
@@ -166,9 +166,9 @@ spec:
         rss_kib < 200 * 1024,
         "the operator uses {rss_kib} KiB with 20 tests"
     );
-    kubectl(&cp, &["delete", "-n", NS, "lt", "--all"]);
+    kubectl(cp, &["delete", "-n", NS, "lt", "--all"]);
     for i in 0..20 {
-        assert_nothing_left(&admin, &format!("many-{i}")).await?;
+        assert_nothing_left(admin, &format!("many-{i}")).await?;
     }
 
     Ok(())

@@ -51,9 +51,9 @@ spec:
         - coordinate: paced-pairs
 "
     );
-    manifests::apply_yaml(&admin, &throttled, NS).await?;
+    manifests::apply_yaml(admin, &throttled, NS).await?;
     let throttles: Api<Throttle> = Api::namespaced(admin.clone(), NS);
-    wait_users("20 paced users", &tests, &kubelet, "paced", 1, 20).await?;
+    wait_users("20 paced users", tests, kubelet, "paced", 1, 20).await?;
     // The rate from the Throttle's status: sampled often, measured between two moments
     // when the status had just been written (it is refreshed every 2 s).
     let rate_over = |secs: u64| {
@@ -79,24 +79,24 @@ spec:
     // The status follows within 2 s: measure over windows long enough for that.
     let reconciles = || {
         metric(
-            &kubelet,
-            &operator_name,
+            kubelet,
+            operator_name,
             "murmuration_operator_reconciles_total",
             "",
         )
     };
     let writes = || {
         metric(
-            &kubelet,
-            &operator_name,
+            kubelet,
+            operator_name,
             "murmuration_operator_status_writes_total",
             "",
         )
     };
     let applies = || {
         metric(
-            &kubelet,
-            &operator_name,
+            kubelet,
+            operator_name,
             "murmuration_operator_applies_total",
             "",
         )
@@ -122,7 +122,7 @@ spec:
     let applied = applies().unwrap() - a0;
     assert_eq!(applied, 0.0, "{applied} applies while nothing changed");
     manifests::apply_yaml(
-        &admin,
+        admin,
         &format!("apiVersion: murmuration.dev/v1alpha1\nkind: Throttle\nmetadata: {{name: paced-rate, namespace: {NS}}}\nspec: {{loadTest: paced, rate: 20, interval: 1s}}\n"),
         NS,
     )
@@ -161,7 +161,7 @@ spec:
         .delete("paced-pairs", &DeleteParams::default())
         .await
         .unwrap();
-    assert_nothing_left(&admin, "paced").await?;
+    assert_nothing_left(admin, "paced").await?;
 
     Ok(())
 }

@@ -30,8 +30,8 @@ pub async fn operator_killed_while_scaling(c: &Cluster) -> Result<()> {
     // The operator killed (SIGKILL) in a loop while a test runs, and the test scaled while
     // it is down: each restarted operator takes the edit up, creates nothing twice (the
     // same master pod and token), and does not announce a transition again.
-    manifests::apply_yaml(&admin, &shop(40).replace("name: shop", "name: sturdy"), NS).await?;
-    wait_users("sturdy: 40 users", &tests, &kubelet, "sturdy", 2, 40).await?;
+    manifests::apply_yaml(admin, &shop(40).replace("name: shop", "name: sturdy"), NS).await?;
+    wait_users("sturdy: 40 users", tests, kubelet, "sturdy", 2, 40).await?;
     let master_uid = pods.get("sturdy-master").await.unwrap().metadata.uid;
     let secrets: Api<Secret> = Api::namespaced(admin.clone(), NS);
     let token = secrets.get("sturdy-token").await.unwrap().data;
@@ -43,14 +43,14 @@ pub async fn operator_killed_while_scaling(c: &Cluster) -> Result<()> {
                 .map(|c| c.iter().map(|c| c.restart_count).sum::<i32>())
                 .unwrap_or(0)
         };
-        let before = restarts(&system_pods.get(&operator_name).await.unwrap());
-        let groups = kubelet.pod_pids(SYSTEM, &operator_name);
+        let before = restarts(&system_pods.get(operator_name).await.unwrap());
+        let groups = kubelet.pod_pids(SYSTEM, operator_name);
         assert!(!groups.is_empty(), "no operator process");
         for g in groups {
             murmuration_e2e::procs::signal_group(g, libc::SIGKILL);
         }
         kubectl(
-            &cp,
+            cp,
             &[
                 "scale",
                 "-n",
@@ -65,15 +65,15 @@ pub async fn operator_killed_while_scaling(c: &Cluster) -> Result<()> {
             Duration::from_millis(100),
             &[],
             || async {
-                let p = system_pods.get(&operator_name).await.ok()?;
+                let p = system_pods.get(operator_name).await.ok()?;
                 (restarts(&p) > before).then_some(())
             },
         )
         .await?;
         let took = wait_users(
             &format!("sturdy: {users} users after an operator crash"),
-            &tests,
-            &kubelet,
+            tests,
+            kubelet,
             "sturdy",
             2,
             users,
@@ -91,7 +91,7 @@ pub async fn operator_killed_while_scaling(c: &Cluster) -> Result<()> {
         token,
         "the token changed"
     );
-    let started = events_of(&cp, "sturdy", "reason=Started", &["-o", "name"]);
+    let started = events_of(cp, "sturdy", "reason=Started", &["-o", "name"]);
     assert_eq!(
         started.lines().count(),
         1,
@@ -117,8 +117,8 @@ pub async fn operator_killed_while_scaling(c: &Cluster) -> Result<()> {
     .inspect_err(|_| eprintln!("{}", kubelet.dump_logs()))?;
     wait_users(
         "sturdy: 50 users after its master was replaced",
-        &tests,
-        &kubelet,
+        tests,
+        kubelet,
         "sturdy",
         2,
         50,
@@ -130,19 +130,19 @@ pub async fn operator_killed_while_scaling(c: &Cluster) -> Result<()> {
         Duration::from_millis(100),
         &[],
         || async {
-            let st = status_of(&tests, "sturdy").await?;
+            let st = status_of(tests, "sturdy").await?;
             (st["phase"] == "Running" && st["agents"]["ready"] == 2 && st["users"]["running"] == 50)
                 .then_some(())
         },
     )
     .await?;
-    let lost = events_of(&cp, "sturdy", "reason=AgentLost", &["-o", "name"]);
+    let lost = events_of(cp, "sturdy", "reason=AgentLost", &["-o", "name"]);
     assert!(!lost.contains("event"), "an agent said lost: {lost}");
     tests
         .delete("sturdy", &DeleteParams::default())
         .await
         .unwrap();
-    assert_nothing_left(&admin, "sturdy").await?;
+    assert_nothing_left(admin, "sturdy").await?;
 
     Ok(())
 }
@@ -160,7 +160,7 @@ pub async fn lease_handed_over(c: &Cluster) -> Result<()> {
     let leases: Api<Lease> = Api::namespaced(admin.clone(), SYSTEM);
     let t = Instant::now();
     system_pods
-        .delete(&operator_name, &DeleteParams::default())
+        .delete(operator_name, &DeleteParams::default())
         .await
         .unwrap();
     let next = poll_until(

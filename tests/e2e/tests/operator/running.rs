@@ -26,14 +26,14 @@ pub async fn runs_scales_and_stops(c: &Cluster) -> Result<()> {
     } = c;
     // kubectl apply: Running with all its users, on two agents, each id once.
     let t = Instant::now();
-    manifests::apply_yaml(&admin, &shop(100), NS).await?;
-    wait_users("100 users running", &tests, &kubelet, "shop", 2, 100).await?;
+    manifests::apply_yaml(admin, &shop(100), NS).await?;
+    wait_users("100 users running", tests, kubelet, "shop", 2, 100).await?;
     let to_running = t.elapsed();
     eprintln!("operator: kubectl apply → 100 users running on 2 agents: {to_running:?}");
-    let st = status_of(&tests, "shop").await.unwrap();
+    let st = status_of(tests, "shop").await.unwrap();
     assert_eq!(st["phase"], "Running", "{st}");
     assert_eq!(st["agents"]["ready"], 2, "{st}");
-    let table = kubectl(&cp, &["get", "lt", "-n", NS]);
+    let table = kubectl(cp, &["get", "lt", "-n", NS]);
     eprintln!("{table}");
     for column in [
         "PHASE", "USERS", "RUNNING", "AGENTS", "RPS", "P99", "RESULT", "AGE",
@@ -47,7 +47,7 @@ pub async fn runs_scales_and_stops(c: &Cluster) -> Result<()> {
         Duration::from_millis(200),
         &[],
         || async {
-            let st = status_of(&tests, "shop").await?;
+            let st = status_of(tests, "shop").await?;
             (st["requests"]["perSecond"].as_f64()? > 0.0).then_some(())
         },
     )
@@ -55,11 +55,11 @@ pub async fn runs_scales_and_stops(c: &Cluster) -> Result<()> {
 
     // kubectl scale, up and down; kubectl patch of spec.users.
     let t = Instant::now();
-    kubectl(&cp, &["scale", "-n", NS, "lt/shop", "--replicas=150"]);
+    kubectl(cp, &["scale", "-n", NS, "lt/shop", "--replicas=150"]);
     wait_users(
         "150 users after kubectl scale",
-        &tests,
-        &kubelet,
+        tests,
+        kubelet,
         "shop",
         2,
         150,
@@ -69,21 +69,21 @@ pub async fn runs_scales_and_stops(c: &Cluster) -> Result<()> {
         "operator: kubectl scale 100 → 150 running: {:?}",
         t.elapsed()
     );
-    kubectl(&cp, &["scale", "-n", NS, "lt/shop", "--replicas=40"]);
+    kubectl(cp, &["scale", "-n", NS, "lt/shop", "--replicas=40"]);
     wait_users(
         "40 users after kubectl scale",
-        &tests,
-        &kubelet,
+        tests,
+        kubelet,
         "shop",
         2,
         40,
     )
     .await?;
-    patch_test(&cp, "shop", r#"{"spec":{"users":60}}"#);
+    patch_test(cp, "shop", r#"{"spec":{"users":60}}"#);
     wait_users(
         "60 users after kubectl patch",
-        &tests,
-        &kubelet,
+        tests,
+        kubelet,
         "shop",
         2,
         60,
@@ -92,19 +92,19 @@ pub async fn runs_scales_and_stops(c: &Cluster) -> Result<()> {
 
     // An edit the running test cannot take (its master read it at the start) is not
     // silently dropped: a Warning Event names the field, and the test goes on as it was.
-    patch_test(&cp, "shop", r#"{"spec":{"duration":"1h"}}"#);
+    patch_test(cp, "shop", r#"{"spec":{"duration":"1h"}}"#);
     poll_until(
         "an EditIgnored Event naming spec.duration",
         scaled(Duration::from_secs(15)),
         Duration::from_millis(300),
         &[],
         || async {
-            let events = events_of(&cp, "shop", "reason=EditIgnored", &[]);
+            let events = events_of(cp, "shop", "reason=EditIgnored", &[]);
             events.contains("spec.duration changed").then_some(())
         },
     )
     .await?;
-    let st = status_of(&tests, "shop").await.expect("status");
+    let st = status_of(tests, "shop").await.expect("status");
     assert_eq!(st["phase"], "Running", "{st}");
     assert_eq!(st["users"]["running"], 60, "{st}");
 
@@ -127,14 +127,14 @@ pub async fn runs_scales_and_stops(c: &Cluster) -> Result<()> {
             .await
         }
     };
-    patch_test(&cp, "shop", r#"{"spec":{"agents":3}}"#);
+    patch_test(cp, "shop", r#"{"spec":{"agents":3}}"#);
     agents_ready(3).await?;
-    kubectl(&cp, &["scale", "-n", NS, "lt/shop", "--replicas=90"]);
-    wait_users("90 users on 3 agents", &tests, &kubelet, "shop", 3, 90).await?;
-    let on_third = users_of(&kubelet, "shop", 3).unwrap()[2].len();
+    kubectl(cp, &["scale", "-n", NS, "lt/shop", "--replicas=90"]);
+    wait_users("90 users on 3 agents", tests, kubelet, "shop", 3, 90).await?;
+    let on_third = users_of(kubelet, "shop", 3).unwrap()[2].len();
     eprintln!("operator: agents 2 → 3, then users 60 → 90: {on_third} users on the new agent");
     assert!(on_third > 0, "the new agent runs no user");
-    patch_test(&cp, "shop", r#"{"spec":{"agents":2,"users":60}}"#);
+    patch_test(cp, "shop", r#"{"spec":{"agents":2,"users":60}}"#);
     agents_ready(2).await?;
     poll_until(
         "shop-agent-2 gone",
@@ -150,15 +150,7 @@ pub async fn runs_scales_and_stops(c: &Cluster) -> Result<()> {
         },
     )
     .await?;
-    wait_users(
-        "60 users on 2 agents again",
-        &tests,
-        &kubelet,
-        "shop",
-        2,
-        60,
-    )
-    .await?;
+    wait_users("60 users on 2 agents again", tests, kubelet, "shop", 2, 60).await?;
 
     // An agent pod deleted: a new one takes its name and place; no user lost or doubled.
     let before = pods.get("shop-agent-1").await.unwrap().metadata.uid;
@@ -179,21 +171,21 @@ pub async fn runs_scales_and_stops(c: &Cluster) -> Result<()> {
     .inspect_err(|_| eprintln!("{}", kubelet.dump_logs()))?;
     wait_users(
         "60 users after an agent was replaced",
-        &tests,
-        &kubelet,
+        tests,
+        kubelet,
         "shop",
         2,
         60,
     )
     .await?;
-    let events = events_of(&cp, "shop", "", &[]);
+    let events = events_of(cp, "shop", "", &[]);
     assert!(events.contains("Started"), "{events}");
     assert!(events.contains("Scaled"), "{events}");
     // spec.stop: the test ends as any other (result, report), before its end.
-    patch_test(&cp, "shop", r#"{"spec":{"stop":"Graceful"}}"#);
-    let st = wait_finished(&tests, &kubelet, "shop", Duration::from_secs(30)).await?;
+    patch_test(cp, "shop", r#"{"spec":{"stop":"Graceful"}}"#);
+    let st = wait_finished(tests, kubelet, "shop", Duration::from_secs(30)).await?;
     assert!(st["result"].is_string(), "{st}");
-    let events = events_of(&cp, "shop", "reason=Finished", &[]);
+    let events = events_of(cp, "shop", "reason=Finished", &[]);
     assert!(events.contains("ended by stopped"), "{events}");
     Api::<ConfigMap>::namespaced(admin.clone(), NS)
         .get("shop-report")
@@ -203,7 +195,7 @@ pub async fn runs_scales_and_stops(c: &Cluster) -> Result<()> {
         .delete("shop", &DeleteParams::default())
         .await
         .unwrap();
-    assert_nothing_left(&admin, "shop").await?;
+    assert_nothing_left(admin, "shop").await?;
 
     Ok(())
 }
