@@ -25,6 +25,26 @@ pub const EXIT_PASSED: u8 = 0;
 pub const EXIT_FAILED: u8 = 1;
 /// Exit code: the input is invalid; nothing started.
 pub const EXIT_INVALID: u8 = 2;
+/// Kubernetes' default `terminationMessagePath` of a container.
+pub const TERMINATION_LOG: &str = "/dev/termination-log";
+
+/// Ends a master or agent on a fatal error: the error goes to stderr and, when the file
+/// exists, to `termination_log`, where Kubernetes takes the container's termination
+/// message from (pods without it fall back to the log's tail with
+/// `terminationMessagePolicy: FallbackToLogsOnError`).
+fn fatal(termination_log: &std::path::Path, message: &str, code: u8) -> ExitCode {
+    eprintln!("error: {message}");
+    // Never created: outside a container this path is not ours to write.
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(termination_log)
+    {
+        use std::io::Write;
+        let _ = f.write_all(message.as_bytes());
+    }
+    ExitCode::from(code)
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -74,6 +94,12 @@ struct MasterArgs {
     /// File holding the test's token (else MURMUR_TOKEN).
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// Where this process writes its fatal error when it exits because of one: the
+    /// container's termination message, which `kubectl describe pod` shows and the
+    /// operator copies into the test's status. Written only when the file exists (the
+    /// kubelet creates it); never created.
+    #[arg(long, env = "MURMUR_TERMINATION_LOG", default_value = TERMINATION_LOG)]
+    termination_log: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -93,6 +119,12 @@ struct AgentArgs {
     /// Where to answer `/healthz` and `/readyz` (ready once registered with the master).
     #[arg(long)]
     health_listen: Option<SocketAddr>,
+    /// Where this process writes its fatal error when it exits because of one: the
+    /// container's termination message, which `kubectl describe pod` shows and the
+    /// operator copies into the test's status. Written only when the file exists (the
+    /// kubelet creates it); never created.
+    #[arg(long, env = "MURMUR_TERMINATION_LOG", default_value = TERMINATION_LOG)]
+    termination_log: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -186,8 +218,11 @@ pub fn main_with(registry: Registry) -> ExitCode {
 fn init_logging(filter: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    // Colour only on a terminal: pods' logs are files, and `kubectl logs` shows escape
+    // codes as garbage.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = if json {
         builder.json().try_init()
@@ -506,27 +541,24 @@ async fn terminated() {
 fn master_command(args: MasterArgs, registry: Registry) -> ExitCode {
     let token = match token_of(args.token_file.as_ref()) {
         Ok(t) => t,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(EXIT_INVALID);
-        }
+        Err(e) => return fatal(&args.termination_log, &e.to_string(), EXIT_INVALID),
     };
     let read = match &args.file {
         Some(f) => crate::plan::read_manifests(f),
         None => match std::env::var("MURMUR_TEST") {
             Ok(t) => crate::plan::parse_manifests("MURMUR_TEST", &t),
             Err(_) => {
-                eprintln!("error: no test: pass a manifest file or set MURMUR_TEST");
-                return ExitCode::from(EXIT_INVALID);
+                return fatal(
+                    &args.termination_log,
+                    "no test: pass a manifest file or set MURMUR_TEST",
+                    EXIT_INVALID,
+                )
             }
         },
     };
     let manifests = match read {
         Ok(m) => m,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(EXIT_INVALID);
-        }
+        Err(e) => return fatal(&args.termination_log, &e.to_string(), EXIT_INVALID),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -549,10 +581,7 @@ fn master_command(args: MasterArgs, registry: Registry) -> ExitCode {
                 terminated().await;
                 ExitCode::SUCCESS
             }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(EXIT_INVALID)
-            }
+            Err(e) => fatal(&args.termination_log, &e.to_string(), EXIT_INVALID),
         }
     })
 }
@@ -560,10 +589,7 @@ fn master_command(args: MasterArgs, registry: Registry) -> ExitCode {
 fn agent_command(args: AgentArgs, registry: Registry) -> ExitCode {
     let token = match token_of(args.token_file.as_ref()) {
         Ok(t) => t,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(EXIT_INVALID);
-        }
+        Err(e) => return fatal(&args.termination_log, &e.to_string(), EXIT_INVALID),
     };
     let name = args.name.clone().unwrap_or_else(|| {
         std::env::var("HOSTNAME").unwrap_or_else(|_| format!("agent-{}", std::process::id()))
@@ -581,10 +607,7 @@ fn agent_command(args: AgentArgs, registry: Registry) -> ExitCode {
         tokio::select! {
             r = crate::agent::run_agent(config) => match r {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(EXIT_INVALID)
-                }
+                Err(e) => fatal(&args.termination_log, &e.to_string(), EXIT_INVALID),
             },
             _ = terminated() => ExitCode::SUCCESS,
         }

@@ -1,6 +1,6 @@
 //! Murmuration's API: the `LoadTest`, `Throttle` and `Coordinator` custom resources
 //! (group `murmuration.dev`, version `v1alpha1`), the units manifests are written in, and
-//! the CRD definitions generated from these types.
+//! the CRD definitions generated from these types, and the format of a stored report.
 //!
 //! This crate is shared by the operator, the master and the agents; it pulls in no load
 //! engine and no Kubernetes client.
@@ -14,6 +14,7 @@ pub mod coordinator;
 pub mod crd;
 pub mod loadtest;
 pub mod profile;
+pub mod report;
 pub mod schema;
 pub mod throttle;
 pub mod units;

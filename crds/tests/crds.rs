@@ -120,6 +120,46 @@ fn every_spec_field_is_documented_for_kubectl_explain() {
     }
 }
 
+/// `kubectl explain` shows every field's type: each property has a `type` or an
+/// `x-kubernetes-*` marker saying what it holds, and none is `nullable` (the API server
+/// publishes schemas to kubectl as OpenAPI v2, dropping the type of nullable fields, which
+/// `kubectl explain` then shows as `<>`).
+#[test]
+fn every_field_has_a_type_for_kubectl_explain() {
+    let mut fields = 0;
+    for (file, def) in crd::all() {
+        let json = serde_json::to_value(&def).unwrap();
+        let root = &json["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        walk(file, root, &mut |path, map| {
+            for holder in ["properties", "items", "additionalProperties"] {
+                let children: Vec<(String, &Value)> = match map.get(holder) {
+                    Some(Value::Object(props)) if holder == "properties" => props
+                        .iter()
+                        .map(|(k, v)| (format!("{path}.{k}"), v))
+                        .collect(),
+                    Some(v @ Value::Object(_)) => vec![(format!("{path}.{holder}"), v)],
+                    _ => vec![],
+                };
+                for (at, child) in children {
+                    fields += 1;
+                    let typed = child.get("type").and_then(Value::as_str).is_some()
+                        || child
+                            .as_object()
+                            .unwrap()
+                            .keys()
+                            .any(|k| k.starts_with("x-kubernetes-"));
+                    assert!(typed, "{at} has no type: kubectl explain shows <>");
+                    assert!(
+                        child.get("nullable").is_none(),
+                        "{at} is nullable: its type is dropped from what kubectl explain reads"
+                    );
+                }
+            }
+        });
+    }
+    assert!(fields > 100, "only {fields} fields walked");
+}
+
 /// A field with a fixed list of values is described by its own doc, which names its values,
 /// not by its type's (which the schema's inlining used to put in its place).
 #[test]

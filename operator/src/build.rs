@@ -19,7 +19,7 @@ use k8s_openapi::ByteString;
 use kube::Resource;
 use murmuration_crds::{Coordinator, LoadTest, LoadTestSpec, Throttle};
 
-use crate::names::{self, AGENT_HEALTH_PORT, MASTER_PORT, TOKEN_KEY};
+use crate::names::{self, AGENT_HEALTH_PORT, MASTER_PORT, TERMINATION_LOG, TOKEN_KEY};
 
 /// Settings of the operator that shape the pods.
 #[derive(Debug, Clone)]
@@ -233,7 +233,12 @@ pub fn master_pod(
                     token_env(lt),
                     value_env("MURMUR_TEST", manifests),
                     value_env("MURMUR_LOG", &settings.log),
+                    value_env("MURMUR_TERMINATION_LOG", TERMINATION_LOG),
                 ]),
+                termination_message_path: Some(TERMINATION_LOG.into()),
+                // A master that dies before it could write its error still says why: the
+                // tail of its log becomes the message.
+                termination_message_policy: Some("FallbackToLogsOnError".into()),
                 ports: Some(vec![ContainerPort {
                     name: Some("api".into()),
                     container_port: MASTER_PORT,
@@ -332,7 +337,10 @@ pub fn agents(lt: &LoadTest, settings: &PodSettings) -> StatefulSet {
                             field_env("POD_IP", "status.podIP"),
                             token_env(lt),
                             value_env("MURMUR_LOG", &settings.log),
+                            value_env("MURMUR_TERMINATION_LOG", TERMINATION_LOG),
                         ]),
+                        termination_message_path: Some(TERMINATION_LOG.into()),
+                        termination_message_policy: Some("FallbackToLogsOnError".into()),
                         ports: Some(vec![ContainerPort {
                             name: Some("health".into()),
                             container_port: AGENT_HEALTH_PORT,
@@ -357,14 +365,45 @@ pub fn agents(lt: &LoadTest, settings: &PodSettings) -> StatefulSet {
     }
 }
 
-/// The ConfigMap that keeps the report (gzip-compressed JSON) once the pods are gone.
+/// The ConfigMap that keeps the report once the pods are gone, in the format of
+/// [`murmuration_crds::report`] (`report_gz` from [`murmuration_crds::report::fit`]).
 pub fn report_configmap(lt: &LoadTest, report_gz: Vec<u8>) -> ConfigMap {
     ConfigMap {
         metadata: meta(lt, names::report(&test_name(lt))),
         binary_data: Some(BTreeMap::from([(
-            names::REPORT_KEY.to_owned(),
+            murmuration_crds::report::KEY.to_owned(),
             ByteString(report_gz),
         )])),
         ..ConfigMap::default()
     }
+}
+
+/// The annotation holding a hash of the desired state an object was applied from.
+pub const APPLIED_HASH: &str = "murmuration.dev/applied-hash";
+
+/// `obj` with [`APPLIED_HASH`]: a hash of its content (stable within a build of the
+/// operator; a new version applies each object once more).
+pub fn stamped<K: Resource + serde::Serialize>(mut obj: K) -> K {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_vec(&obj)
+        .expect("Kubernetes objects serialise")
+        .hash(&mut h);
+    obj.meta_mut()
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(APPLIED_HASH.into(), format!("{:016x}", h.finish()));
+    obj
+}
+
+/// Whether `desired` (from [`stamped`]) must be applied: the object is not there, or was
+/// applied from another desired state.
+pub fn needs_apply<K: Resource>(desired: &K, cached: Option<&K>) -> bool {
+    let hash = |o: &K| {
+        o.meta()
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(APPLIED_HASH).cloned())
+    };
+    cached.is_none_or(|c| hash(c) != hash(desired) || hash(c).is_none())
 }

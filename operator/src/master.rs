@@ -1,15 +1,21 @@
-//! The operator's client of a master's HTTP API (types in `murmuration_crds::api`).
+//! The operator's client of a masters' HTTP API (types in `murmuration_crds::api`): one
+//! pool of keep-alive connections ([`MasterPool`]) shared by every test, so that the
+//! 250 ms follow-up polls of a starting test do not open a connection each.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 use murmuration_crds::api::{self, MasterStatus};
 
 /// How long one call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an unused connection to a master is kept.
+const IDLE: Duration = Duration::from_secs(30);
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -32,22 +38,47 @@ pub enum MasterError {
     Garbled(String, #[source] serde_json::Error),
 }
 
-/// A master, by address and token.
+/// The connections to every master (HTTP/1.1 keep-alive), shared by all tests; cheap to
+/// clone.
+#[derive(Debug, Clone)]
+pub struct MasterPool {
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for MasterPool {
+    fn default() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(CALL_TIMEOUT));
+        connector.set_nodelay(true);
+        MasterPool {
+            client: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(IDLE)
+                .pool_max_idle_per_host(2)
+                .build(connector),
+        }
+    }
+}
+
+impl MasterPool {
+    /// A client of the master at `host:port`, with the test's token.
+    pub fn master(&self, authority: impl Into<String>, token: impl Into<String>) -> MasterClient {
+        MasterClient {
+            pool: self.clone(),
+            authority: authority.into(),
+            token: token.into(),
+        }
+    }
+}
+
+/// A master, by address and token, reached through a [`MasterPool`].
 #[derive(Debug, Clone)]
 pub struct MasterClient {
+    pool: MasterPool,
     authority: String,
     token: String,
 }
 
 impl MasterClient {
-    /// A client of the master at `host:port`.
-    pub fn new(authority: impl Into<String>, token: impl Into<String>) -> MasterClient {
-        MasterClient {
-            authority: authority.into(),
-            token: token.into(),
-        }
-    }
-
     async fn call(
         &self,
         method: Method,
@@ -57,26 +88,19 @@ impl MasterClient {
         let what = format!("{method} {path}");
         let unreachable = |e: String| MasterError::Unreachable(self.authority.clone(), e);
         let exchange = async {
-            let stream = tokio::net::TcpStream::connect(&self.authority)
-                .await
-                .map_err(|e| unreachable(e.to_string()))?;
-            let (mut sender, conn) =
-                hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
-                    .await
-                    .map_err(|e| unreachable(e.to_string()))?;
-            tokio::spawn(conn);
             let req = Request::builder()
                 .method(method)
-                .uri(path)
-                .header(header::HOST, &self.authority)
+                .uri(format!("http://{}{path}", self.authority))
                 .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
                 .header(header::CONTENT_TYPE, "application/json")
                 .body(Full::new(Bytes::from(body.unwrap_or_default())))
-                .expect("valid request parts");
-            let resp = sender
-                .send_request(req)
-                .await
                 .map_err(|e| unreachable(e.to_string()))?;
+            let resp = self
+                .pool
+                .client
+                .request(req)
+                .await
+                .map_err(|e| unreachable(error_chain(&e)))?;
             let status = resp.status();
             let bytes = resp
                 .into_body()
@@ -194,5 +218,57 @@ impl MasterClient {
             None,
         )
         .await
+    }
+}
+
+/// An error with its causes ("client error (Connect): tcp connect error: Connection
+/// refused"): the pooled client's own message says little.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text += &format!(": {c}");
+        cause = c.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One pool, many calls: the master sees one connection, not one per call.
+    #[tokio::test]
+    async fn calls_share_a_kept_alive_connection() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(|_req| async {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            Bytes::from_static(b"{}"),
+                        )))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        let master = MasterPool::default().master(addr.to_string(), "token");
+        for _ in 0..5 {
+            let body = master.call(Method::GET, api::STATUS, None).await.unwrap();
+            assert_eq!(&body[..], b"{}");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 }

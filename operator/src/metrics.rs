@@ -1,16 +1,14 @@
 //! The operator's Prometheus metrics (prefix `murmuration_operator_`, base units) and its
 //! HTTP endpoint: `/metrics`, `/healthz` (alive), `/readyz` (leading and reconciling).
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Response, StatusCode};
-use http_body_util::Full;
-use hyper_util::rt::TokioIo;
+use axum::routing::get;
+use axum::Router;
+use http::StatusCode;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -31,6 +29,9 @@ pub struct Metrics {
     pub tests: IntGaugeVec,
     /// Status writes of LoadTests, by why: a transition, or live figures (paced).
     pub status_writes: IntCounterVec,
+    /// Server-side applies of a test's objects (Service, StatefulSet), by kind: only when
+    /// what they derive from changed.
+    pub applies: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -72,6 +73,17 @@ impl Default for Metrics {
             &["why"],
         )
         .expect("valid metric");
+        let applies = IntCounterVec::new(
+            Opts::new(
+                "murmuration_operator_applies_total",
+                "Server-side applies of the tests' Services and StatefulSets, by kind",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(applies.clone()))
+            .expect("registered once");
         registry
             .register(Box::new(reconciles.clone()))
             .expect("registered once");
@@ -94,6 +106,7 @@ impl Default for Metrics {
             duration,
             tests,
             status_writes,
+            applies,
         }
     }
 }
@@ -115,50 +128,78 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` until the process ends.
+/// The routes of the metrics and health endpoint: `/metrics`, `/healthz` and `/readyz`
+/// (ready while `ready` holds: leading).
+pub fn router(metrics: Metrics, ready: Arc<AtomicBool>) -> Router {
+    Router::new()
+        .route("/metrics", get(move || async move { metrics.text() }))
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || async move {
+                if ready.load(Ordering::Acquire) {
+                    (StatusCode::OK, "ready")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not leading")
+                }
+            }),
+        )
+}
+
+/// Serves [`router`] on `addr` until the process ends.
 pub async fn serve(
     addr: SocketAddr,
     metrics: Metrics,
     ready: Arc<AtomicBool>,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "metrics and health endpoint listening");
+    tracing::info!(addr = %listener.local_addr()?, "metrics and health endpoint listening");
+    let app = router(metrics, ready);
     tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            };
-            let metrics = metrics.clone();
-            let ready = ready.clone();
-            tokio::spawn(async move {
-                let svc =
-                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let (code, body) = match req.uri().path() {
-                            "/metrics" => (StatusCode::OK, metrics.text()),
-                            "/healthz" => (StatusCode::OK, "ok".to_owned()),
-                            "/readyz" if ready.load(Ordering::Acquire) => {
-                                (StatusCode::OK, "ready".to_owned())
-                            }
-                            "/readyz" => {
-                                (StatusCode::SERVICE_UNAVAILABLE, "not leading".to_owned())
-                            }
-                            _ => (StatusCode::NOT_FOUND, "no such path".to_owned()),
-                        };
-                        async move {
-                            Ok::<_, Infallible>(
-                                Response::builder()
-                                    .status(code)
-                                    .body(Full::new(Bytes::from(body)))
-                                    .expect("static response parts"),
-                            )
-                        }
-                    });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("metrics and health endpoint: {e}");
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).await.unwrap();
+        let code = text[9..12].parse().unwrap();
+        (code, text)
+    }
+
+    #[tokio::test]
+    async fn metrics_health_and_readiness_answer_on_their_paths() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let metrics = Metrics::default();
+        metrics.errors.inc();
+        let ready = Arc::new(AtomicBool::new(false));
+        let app = router(metrics, ready.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let (code, text) = get(addr, "/metrics").await;
+        assert_eq!(code, 200);
+        assert!(
+            text.contains("murmuration_operator_reconcile_errors_total 1"),
+            "{text}"
+        );
+        assert_eq!(get(addr, "/healthz").await.0, 200);
+        assert_eq!(get(addr, "/readyz").await.0, 503);
+        ready.store(true, Ordering::Release);
+        assert_eq!(get(addr, "/readyz").await.0, 200);
+        assert_eq!(get(addr, "/nowhere").await.0, 404);
+    }
 }

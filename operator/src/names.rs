@@ -9,8 +9,10 @@ pub const MASTER_PORT: i32 = 8080;
 pub const AGENT_HEALTH_PORT: i32 = 8081;
 /// The key of the token in the test's Secret.
 pub const TOKEN_KEY: &str = "token";
-/// The key of the stored report in the report ConfigMap.
-pub const REPORT_KEY: &str = "report.json.gz";
+/// Where masters and agents write their fatal error (`terminationMessagePath`, passed
+/// to them as `MURMUR_TERMINATION_LOG`): the termination message `kubectl describe pod`
+/// shows and the operator copies into the test's status.
+pub const TERMINATION_LOG: &str = "/dev/termination-log";
 /// The field manager of server-side apply.
 pub const MANAGER: &str = "murmuration-operator";
 /// Label: the LoadTest an object belongs to.
@@ -33,9 +35,10 @@ pub fn agents(test: &str) -> String {
     format!("{test}-agent")
 }
 
-/// The ConfigMap that keeps the report after the pods are gone.
+/// The ConfigMap that keeps the report after the pods are gone (its format:
+/// [`murmuration_crds::report`]).
 pub fn report(test: &str) -> String {
-    format!("{test}-report")
+    murmuration_crds::report::configmap_name(test)
 }
 
 /// Where agents and the operator reach the master.

@@ -11,7 +11,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use murmuration_crds::api::{MasterStatus, TestPhase};
 use murmuration_crds::loadtest::{
-    AgentCounts, LoadTestStatus, Phase, RequestCounts, TestResult, UserCounts,
+    AgentCounts, AgentStatus, LoadTestStatus, Phase, RequestCounts, TestResult, UserCounts,
 };
 use murmuration_crds::{LoadTest, LoadTestSpec};
 
@@ -431,18 +431,10 @@ pub fn from_master(
                 });
             }
         }
-        for a in &prev.agent_status {
-            let now_ready = master
-                .agent_status
-                .iter()
-                .find(|m| m.name == a.name)
-                .is_some_and(|m| m.ready);
-            if a.ready && !now_ready {
-                events.push(Transition::AgentLost {
-                    agent: a.name.clone(),
-                });
-            }
-        }
+        events.extend(
+            lost_agents(lt, &prev.agent_status, &master.agent_status)
+                .map(|agent| Transition::AgentLost { agent }),
+        );
     }
     let finished = matches!(phase, Phase::Succeeded | Phase::Failed);
     let result = if finished {
@@ -587,6 +579,32 @@ pub fn from_master(
     (status, events)
 }
 
+/// The agents lost since the previous status: ready then, and now listed by the master
+/// as not connected. An agent the master does not list is not lost: the master does not
+/// know it (yet), as a master that has just taken a running test over, whose agents are
+/// still reconnecting. An agent the test no longer wants (its StatefulSet ordinal at or
+/// above `spec.agents`, after a scale-down) was removed, not lost.
+fn lost_agents<'a>(
+    lt: &'a LoadTest,
+    before: &'a [AgentStatus],
+    now: &'a [AgentStatus],
+) -> impl Iterator<Item = String> + 'a {
+    let prefix = format!("{}-", crate::names::agents(&crate::build::test_name(lt)));
+    let wanted = move |name: &str| match name
+        .strip_prefix(&prefix)
+        .and_then(|n| n.parse::<i64>().ok())
+    {
+        Some(ordinal) => ordinal < lt.spec.agents as i64,
+        None => true,
+    };
+    before
+        .iter()
+        .filter(|a| a.ready)
+        .filter(move |a| now.iter().any(|m| m.name == a.name && !m.ready))
+        .filter(move |a| wanted(&a.name))
+        .map(|a| a.name.clone())
+}
+
 fn round_latency(
     l: &murmuration_crds::loadtest::LatencySummary,
 ) -> murmuration_crds::loadtest::LatencySummary {
@@ -686,6 +704,7 @@ pub fn master_overdue(
     }
     let pod = master_pod?;
     let created = pod.metadata.creation_timestamp.as_ref()?;
+    let exited = master_exit(pod);
     let wait = lt
         .spec
         .start
@@ -693,10 +712,21 @@ pub fn master_overdue(
         .and_then(|s| s.wait_for_agents.as_deref())
         .and_then(|w| murmuration_crds::units::parse_duration(w).ok())
         .unwrap_or(std::time::Duration::from_secs(300));
-    let limit = wait + grace;
+    // A master that exited has said why: the start barrier is not worth waiting for.
+    let limit = if exited.is_some() {
+        grace
+    } else {
+        wait + grace
+    };
     let waited = now.0.duration_since(created.0);
     if waited.is_negative() || waited.unsigned_abs() < limit {
         return None;
+    }
+    if let Some(why) = exited {
+        return Some(format!(
+            "the master did not start within {}: {why}",
+            humantime::format_duration(grace)
+        ));
     }
     let name = pod.metadata.name.clone().unwrap_or_default();
     let state = pod
@@ -725,6 +755,42 @@ pub fn master_overdue(
         humantime::format_duration(limit),
         humantime::format_duration(grace),
     ))
+}
+
+/// Why the master container last exited with an error, from its pod's status: its exit
+/// code and termination message (the master's own fatal error, or the tail of its log).
+/// `None` while it has not exited, or exited cleanly (stopped).
+pub fn master_exit(pod: &k8s_openapi::api::core::v1::Pod) -> Option<String> {
+    let status = pod
+        .status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == "master")?;
+    let terminated = status
+        .state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .or_else(|| status.last_state.as_ref()?.terminated.as_ref())?;
+    if terminated.exit_code == 0 {
+        return None;
+    }
+    let code = terminated.exit_code;
+    Some(
+        match terminated
+            .message
+            .as_deref()
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+        {
+            Some(m) => format!("the master exited with code {code}: {m}"),
+            None => format!(
+                "the master exited with code {code} ({})",
+                terminated.reason.as_deref().unwrap_or("no message")
+            ),
+        },
+    )
 }
 
 /// The status of a test whose master never answered: Failed, with the reason.

@@ -385,3 +385,150 @@ fn edits_a_running_test_does_not_take_are_named() {
         event.note()
     );
 }
+
+#[test]
+fn a_master_that_exits_at_start_fails_the_test_within_the_grace_with_its_message() {
+    let mut lt = test();
+    // A long start barrier: the master's exit, not the barrier, decides.
+    lt.spec.start = serde_json::from_value(serde_json::json!({"waitForAgents": "30m"})).unwrap();
+    let pod: k8s_openapi::api::core::v1::Pod = serde_saphyr::from_str(
+        "metadata: {name: checkout-master, creationTimestamp: \"2026-11-22T10:00:00Z\"}
+status:
+  phase: Running
+  containerStatuses:
+    - name: master
+      image: murmuration/agent:0.1.0
+      imageID: \"\"
+      ready: false
+      restartCount: 3
+      state: {waiting: {reason: CrashLoopBackOff, message: \"back-off 40s restarting failed container\"}}
+      lastState:
+        terminated:
+          exitCode: 2
+          reason: Error
+          message: \"MURMUR_TEST: LoadTest checkout: spec.scenario.custom.name: no scenario named \\\"orders\\\" in this binary\"
+",
+    )
+    .unwrap();
+    let exit = status::master_exit(&pod).unwrap();
+    assert_eq!(
+        exit,
+        "the master exited with code 2: MURMUR_TEST: LoadTest checkout: \
+         spec.scenario.custom.name: no scenario named \"orders\" in this binary"
+    );
+    let grace = std::time::Duration::from_secs(60);
+    assert_eq!(
+        status::master_overdue(&lt, Some(&pod), grace, &at("2026-11-22T10:00:59Z")),
+        None
+    );
+    let why = status::master_overdue(&lt, Some(&pod), grace, &at("2026-11-22T10:01:01Z")).unwrap();
+    assert_eq!(why, format!("the master did not start within 1m: {exit}"));
+    // While it restarts, the condition says why, not "cannot reach the master".
+    let st = status::without_master(&lt, &exit, &at("2026-11-22T10:00:30Z"));
+    assert!(st
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.message.contains("no scenario named")));
+    // The Event carries the master's own words.
+    let (failed, events) = status::failed_to_start(&lt, &why, &at("2026-11-22T10:01:01Z"));
+    assert_eq!(failed.message.as_deref(), Some(why.as_str()));
+    assert!(events[0].warning() && events[0].note().contains("no scenario named"));
+    // A master stopped cleanly (exit 0) did not fail.
+    let mut stopped = pod.clone();
+    let cs = &mut stopped
+        .status
+        .as_mut()
+        .unwrap()
+        .container_statuses
+        .as_mut()
+        .unwrap()[0];
+    cs.last_state
+        .as_mut()
+        .unwrap()
+        .terminated
+        .as_mut()
+        .unwrap()
+        .exit_code = 0;
+    assert_eq!(status::master_exit(&stopped), None);
+}
+
+#[test]
+fn agents_are_lost_only_when_their_master_says_so() {
+    let mut lt = test();
+    let now = at("2026-11-22T10:00:00Z");
+    let (running, _) = status::from_master(&lt, &master("Running", 500, 2), &now);
+    lt.status = Some(running);
+    let lost = |lt: &LoadTest, m: &MasterStatus| -> Vec<Transition> {
+        status::from_master(lt, m, &now)
+            .1
+            .into_iter()
+            .filter(|t| t.reason() == "AgentLost")
+            .collect()
+    };
+    // The master pod deleted mid-test: the new master knows no agent until they reconnect
+    // (Starting, then Running with one agent back). Nobody is lost.
+    let mut fresh = master("Starting", 0, 0);
+    fresh.agent_status.clear();
+    assert_eq!(lost(&lt, &fresh), []);
+    let mut one_back = master("Running", 250, 1);
+    one_back.agent_status.truncate(1);
+    assert_eq!(lost(&lt, &one_back), []);
+    // An agent the master lists as disconnected is lost.
+    assert_eq!(
+        lost(&lt, &master("Running", 250, 1)),
+        [Transition::AgentLost {
+            agent: "checkout-agent-1".into()
+        }]
+    );
+    // spec.agents scaled down: the agent removed was not lost.
+    lt.spec.agents = 1;
+    assert_eq!(lost(&lt, &master("Running", 250, 1)), []);
+}
+
+/// The README's examples of what the schema cannot check, and of what it refuses, are
+/// refused: a latency bound that is not a duration names its field; `ten seconds` is no
+/// duration for `murmur run` either (the CRD's pattern refuses it at `kubectl apply`).
+#[test]
+fn the_readmes_invalid_examples_are_refused() {
+    let mut lt = test();
+    lt.spec.thresholds =
+        serde_json::from_value(serde_json::json!([{"metric": "latency.p99", "max": "fast"}]))
+            .unwrap();
+    let problem = status::Invalid::of(
+        &murmuration_model::compile_objects(&lt, &[throttle()], &[coordinator()]).unwrap_err(),
+    );
+    assert!(
+        problem.to_string().contains("spec.thresholds[0].max"),
+        "{problem}"
+    );
+    assert!(murmuration_crds::units::parse_duration("ten seconds").is_err());
+}
+
+/// The Service and the StatefulSet are applied when what they derive from changed, not at
+/// every poll: the cached object carries a hash of the desired state it was applied from.
+#[test]
+fn objects_are_applied_only_when_their_desired_state_changes() {
+    let mut lt = test();
+    let desired = build::stamped(build::agents(&lt, &settings()));
+    assert!(build::needs_apply(&desired, None), "not there yet");
+    // As the cache has it after the apply (the API server adds status and more).
+    let mut cached = desired.clone();
+    cached.status = Some(Default::default());
+    cached.metadata.resource_version = Some("42".into());
+    let again = build::stamped(build::agents(&lt, &settings()));
+    assert!(
+        !build::needs_apply(&again, Some(&cached)),
+        "nothing changed"
+    );
+    lt.spec.agents = 3;
+    let scaled = build::stamped(build::agents(&lt, &settings()));
+    assert!(
+        build::needs_apply(&scaled, Some(&cached)),
+        "spec.agents changed"
+    );
+    // An object applied by an older operator (no hash) is applied once more.
+    cached.metadata.annotations = None;
+    assert!(build::needs_apply(&again, Some(&cached)));
+    let svc = build::stamped(build::master_service(&lt));
+    assert!(!build::needs_apply(&svc, Some(&svc.clone())));
+}

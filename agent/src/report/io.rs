@@ -143,12 +143,11 @@ pub fn downsample(report: &Report, max_points: usize) -> Report {
     r
 }
 
-/// The report's JSON, gzip-compressed.
+/// The report's JSON, gzip-compressed as it is stored ([`murmuration_crds::report`]).
 pub fn compressed_json(report: &Report) -> Vec<u8> {
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gz.write_all(&serde_json::to_vec(report).expect("a report always serialises"))
-        .expect("writing into memory cannot fail");
-    gz.finish().expect("writing into memory cannot fail")
+    murmuration_crds::report::compress(
+        &serde_json::to_vec(report).expect("a report always serialises"),
+    )
 }
 
 /// Downsamples until the gzip-compressed JSON fits `max_bytes` (or the series is a

@@ -1,8 +1,7 @@
 //! `murmur report NAME`: the report of a test run by the operator, read back from the
-//! ConfigMap the operator keeps it in (`<name>-report`, gzip-compressed JSON, owned by the
+//! ConfigMap the operator keeps it in (format: [`murmuration_crds::report`]; owned by the
 //! LoadTest, so that it outlives the pods), with the user's kubeconfig.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -10,9 +9,7 @@ use kube::api::Api;
 
 use crate::report::io::write_reports;
 use crate::report::Report;
-
-/// The key of the report in the ConfigMap.
-pub const REPORT_KEY: &str = "report.json.gz";
+use murmuration_crds::report::{configmap_name, decompress, KEY};
 
 /// Why the stored report could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -21,7 +18,7 @@ pub enum StoredReportError {
     #[error("cannot reach the cluster: {0}")]
     Cluster(#[source] kube::Error),
     /// No such ConfigMap: the test has not finished, or is unknown.
-    #[error("no report for LoadTest {name} in namespace {namespace}: ConfigMap {name}-report not found (is the test finished?)")]
+    #[error("no report for LoadTest {name} in namespace {namespace}: ConfigMap {} not found (is the test finished?)", configmap_name(.name))]
     Missing {
         /// The test.
         name: String,
@@ -29,7 +26,7 @@ pub enum StoredReportError {
         namespace: String,
     },
     /// The ConfigMap holds no readable report.
-    #[error("ConfigMap {0}-report holds no readable report: {1}")]
+    #[error("ConfigMap {} holds no readable report: {}", configmap_name(.0), .1)]
     Unreadable(String, String),
     /// Writing the files failed.
     #[error(transparent)]
@@ -68,7 +65,7 @@ pub async fn read_stored_report(
 ) -> Result<Option<Report>, StoredReportError> {
     let cms: Api<ConfigMap> = Api::namespaced(client, namespace);
     let Some(cm) = cms
-        .get_opt(&format!("{name}-report"))
+        .get_opt(&configmap_name(name))
         .await
         .map_err(StoredReportError::Cluster)?
     else {
@@ -76,20 +73,16 @@ pub async fn read_stored_report(
     };
     let gz = cm
         .binary_data
-        .and_then(|d| d.get(REPORT_KEY).map(|b| b.0.clone()))
-        .ok_or_else(|| StoredReportError::Unreadable(name.into(), format!("no {REPORT_KEY}")))?;
+        .and_then(|d| d.get(KEY).map(|b| b.0.clone()))
+        .ok_or_else(|| StoredReportError::Unreadable(name.into(), format!("no {KEY}")))?;
     decode(&gz)
         .map(Some)
         .map_err(|e| StoredReportError::Unreadable(name.into(), e))
 }
 
-/// A report from its gzip-compressed JSON.
+/// A report as stored.
 pub fn decode(gz: &[u8]) -> Result<Report, String> {
-    let mut json = Vec::new();
-    flate2::read::GzDecoder::new(gz)
-        .read_to_end(&mut json)
-        .map_err(|e| format!("not gzip: {e}"))?;
-    serde_json::from_slice(&json).map_err(|e| format!("not a report: {e}"))
+    serde_json::from_slice(&decompress(gz)?).map_err(|e| format!("not a report: {e}"))
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! `murmur-operator`: runs the LoadTest controller (when leading), serves metrics and
 //! health, and stops gracefully on SIGTERM.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -64,14 +65,20 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&args.log));
+    // Colour only on a terminal: the operator's log is a pod log, a file.
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if args.log_json {
         fmt.json().init();
     } else {
         fmt.init();
     }
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        "murmur-operator starting"
+    );
     let client = kube::Client::try_default().await?;
     let metrics = Metrics::default();
     let ready = Arc::new(AtomicBool::new(false));

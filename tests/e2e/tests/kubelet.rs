@@ -1,6 +1,6 @@
-//! The test kubelet's behaviour against the real control plane: restart policies, env
-//! sources, configuration errors, liveness probes, Deployments behind a Service, and the
-//! service account kubeconfig it gives pods.
+//! The test kubelet's behaviour against the real control plane: restart policies,
+//! termination messages, env sources, configuration errors, liveness probes, Deployments
+//! behind a Service, and the service account kubeconfig it gives pods.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, ToSocketAddrs};
@@ -111,6 +111,29 @@ spec:
   containers: [{{name: c, image: {IMAGE}, args: ["--bogus"]}}]
 ---
 apiVersion: v1
+kind: Pod
+metadata: {{name: lastwords, namespace: {NS}}}
+spec:
+  automountServiceAccountToken: false
+  restartPolicy: Never
+  containers:
+    - name: c
+      image: {IMAGE}
+      args: ["--die", "/dev/termination-log", "out of cheese"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: lastlines, namespace: {NS}}}
+spec:
+  automountServiceAccountToken: false
+  restartPolicy: Never
+  containers:
+    - name: c
+      image: {IMAGE}
+      args: ["--bogus"]
+      terminationMessagePolicy: FallbackToLogsOnError
+---
+apiVersion: v1
 kind: ConfigMap
 metadata: {{name: cm, namespace: {NS}}}
 data: {{greeting: hello}}
@@ -177,10 +200,35 @@ spec:
     })
     .await?;
     assert_eq!(cs.restart_count, 0);
-    assert_eq!(
-        cs.state.and_then(|s| s.terminated).map(|t| t.exit_code),
-        Some(2)
+    let terminated = cs.state.and_then(|s| s.terminated).expect("terminated");
+    assert_eq!(terminated.exit_code, 2);
+    // Policy File (the default) and nothing written: no message.
+    assert_eq!(terminated.message, None);
+
+    // Termination messages as a kubelet reads them: the file at terminationMessagePath
+    // (the container's own, each its own file), else with FallbackToLogsOnError the tail
+    // of the failed run's log.
+    let terminated = |name: &'static str| {
+        let pods = pods.clone();
+        let kubelet = &kubelet;
+        async move {
+            wait_pod(&pods, kubelet, name, "terminated", |p| {
+                cstatus(p)?.state?.terminated
+            })
+            .await
+        }
+    };
+    let t = terminated("lastwords").await?;
+    assert_eq!((t.exit_code, t.reason.as_deref()), (3, Some("Error")));
+    assert_eq!(t.message.as_deref(), Some("out of cheese"));
+    let t = terminated("lastlines").await?;
+    assert_eq!(t.exit_code, 2);
+    let message = t.message.unwrap_or_default();
+    assert!(
+        message.ends_with("usage: e2e-http-echo --listen <ip:port> | --die <path> <message>"),
+        "{message:?}"
     );
+    assert!(!message.contains("murmuration-e2e: start"), "{message:?}");
 
     // A missing Secret holds the container in CreateContainerConfigError until it exists.
     let msg = wait_pod(&pods, &kubelet, "envy", "CreateContainerConfigError", |p| {

@@ -3,7 +3,7 @@
 //! and listening on its pod IP, leader election's Role only when enabled, a ServiceMonitor
 //! only when asked for, selecting the metrics Service by labels that survive upgrades; a
 //! PodMonitor of every test's master and a Grafana dashboard ConfigMap when asked for.
-//! The install itself (CRDs, RBAC, the operator running) is in `tests/operator.rs`.
+//! The install itself (CRDs, RBAC, the operator running) is in `tests/operator/`.
 
 use std::process::Command;
 

@@ -1,6 +1,7 @@
 //! A tiny HTTP server for the e2e tests (stand-in for `murmur demo-server http`):
 //! `e2e-http-echo --listen <ip:port>` answers `200 <hostname> <path>` on every path, one
-//! thread per connection, HTTP/1.1 with `Connection: close`.
+//! thread per connection, HTTP/1.1 with `Connection: close`. `e2e-http-echo --die PATH
+//! MESSAGE` writes MESSAGE to the existing file PATH and exits 3 (a container's last words).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
@@ -13,6 +14,20 @@ fn main() {
             listen = args.next().unwrap_or_else(|| usage());
         } else if let Some(v) = a.strip_prefix("--listen=") {
             listen = v.to_string();
+        } else if a == "--die" {
+            // `--die PATH MESSAGE`: the last words of a container, written where its
+            // termination message is read from; then exit 3.
+            let (Some(path), Some(message)) = (args.next(), args.next()) else {
+                usage()
+            };
+            if let Err(e) = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|mut f| f.write_all(message.as_bytes()))
+            {
+                eprintln!("e2e-http-echo: cannot write {path}: {e}");
+            }
+            std::process::exit(3)
         } else {
             usage();
         }
@@ -56,6 +71,6 @@ fn main() {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: e2e-http-echo --listen <ip:port>");
+    eprintln!("usage: e2e-http-echo --listen <ip:port> | --die <path> <message>");
     std::process::exit(2)
 }

@@ -2,7 +2,8 @@
 //! Coordinators) → validate → build the desired objects (pure, [`crate::build`]) → apply →
 //! push the live settings to the master → compute the status from the master's (pure,
 //! [`crate::status`]) → write it, with Events on transitions → at the end, keep the report
-//! and clean up.
+//! and clean up. This module holds the pipeline ([`reconcile`]) and its shared state; each
+//! stage has its own: `read`, `apply`, `push`, `write`, `finish`.
 //!
 //! Throttles and Coordinators belong to a test (`spec.loadTest`): a change to one's spec
 //! reconciles its test, which pushes it to the master and writes its live figures into
@@ -16,9 +17,20 @@
 //! or agents are on their way the master is asked every 250 ms, so that `kubectl scale`
 //! shows the new count running as soon as it is, without writing more often.
 
+mod apply;
+mod finish;
+mod push;
+mod read;
+mod write;
+
+use apply::*;
+use finish::*;
+use push::*;
+use read::*;
+use write::*;
+
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
-use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,9 +50,9 @@ use murmuration_crds::{Coordinator, CoordinatorStatus, LoadTest, Throttle, Throt
 use tracing::Instrument;
 
 use crate::build::{self, PodSettings};
-use crate::master::MasterClient;
+use crate::master::{MasterClient, MasterPool};
 use crate::metrics::Metrics;
-use crate::names::{self, MANAGER, MASTER_PORT, TOKEN_KEY};
+use crate::names::{self, COMPONENT_LABEL, MANAGER, MASTER_PORT, TOKEN_KEY};
 use crate::status::{self, StatusWrite, Transition};
 
 /// How often a running test's status is refreshed (its figures are written at most this
@@ -50,8 +62,6 @@ pub const REFRESH: Duration = Duration::from_secs(2);
 pub const FOLLOW: Duration = Duration::from_millis(250);
 /// How long a finished test's report may fail to be fetched before its pods go without it.
 const REPORT_PATIENCE: Duration = Duration::from_secs(60);
-/// A stored report must fit in a ConfigMap (1 MiB) with room to spare.
-const MAX_REPORT_BYTES: usize = 900 * 1024;
 
 /// What every reconcile shares.
 pub struct Context {
@@ -63,12 +73,22 @@ pub struct Context {
     pub recorder: Recorder,
     /// The operator's Prometheus metrics.
     pub metrics: Metrics,
+    /// The connections to the masters.
+    pub masters: MasterPool,
     /// Every LoadTest, as watched (tests by phase for the metrics).
     pub tests: Store<LoadTest>,
     /// Every Throttle, as watched: a reconcile takes its test's from here.
     pub throttles: Store<Throttle>,
     /// Every Coordinator, as watched.
     pub coordinators: Store<Coordinator>,
+    /// The tests' token Secrets, as watched (the operator's own objects only).
+    pub secrets: Store<Secret>,
+    /// The tests' master pods, as watched.
+    pub master_pods: Store<Pod>,
+    /// The masters' Services, as watched.
+    pub services: Store<Service>,
+    /// The agents' StatefulSets, as watched.
+    pub agent_sets: Store<StatefulSet>,
     /// How long a master may take to answer, beyond a test's start barrier, before the
     /// test fails ([`status::master_overdue`]).
     pub master_grace: Duration,
@@ -109,6 +129,10 @@ pub struct Caches {
     tests: reflector::store::Writer<LoadTest>,
     throttles: reflector::store::Writer<Throttle>,
     coordinators: reflector::store::Writer<Coordinator>,
+    secrets: reflector::store::Writer<Secret>,
+    master_pods: reflector::store::Writer<Pod>,
+    services: reflector::store::Writer<Service>,
+    agent_sets: reflector::store::Writer<StatefulSet>,
 }
 
 impl Context {
@@ -122,15 +146,24 @@ impl Context {
         let (tests, tests_w) = reflector::store();
         let (throttles, throttles_w) = reflector::store();
         let (coordinators, coordinators_w) = reflector::store();
+        let (secrets, secrets_w) = reflector::store();
+        let (master_pods, master_pods_w) = reflector::store();
+        let (services, services_w) = reflector::store();
+        let (agent_sets, agent_sets_w) = reflector::store();
         (
             Context {
                 client,
                 pods,
                 recorder,
                 metrics,
+                masters: MasterPool::default(),
                 tests,
                 throttles,
                 coordinators,
+                secrets,
+                master_pods,
+                services,
+                agent_sets,
                 master_grace: status::MASTER_GRACE,
                 memo: Mutex::default(),
             },
@@ -138,6 +171,10 @@ impl Context {
                 tests: tests_w,
                 throttles: throttles_w,
                 coordinators: coordinators_w,
+                secrets: secrets_w,
+                master_pods: master_pods_w,
+                services: services_w,
+                agent_sets: agent_sets_w,
             },
         )
     }
@@ -264,11 +301,32 @@ pub async fn run(
     )
     .default_backoff()
     .reflect(caches.coordinators);
-    let owned =
-        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
+    // The operator's own objects, cached: a reconcile reads them from here instead of
+    // asking the API server, and a change to one reconciles its test.
+    let managed = format!("app.kubernetes.io/managed-by={MANAGER}");
+    let owned = watcher::Config::default().labels(&managed);
+    let masters = watcher::Config::default().labels(&format!("{managed},{COMPONENT_LABEL}=master"));
+    let secrets = watcher(Api::<Secret>::all(client.clone()), owned.clone())
+        .default_backoff()
+        .reflect(caches.secrets)
+        .touched_objects();
+    let master_pods = watcher(Api::<Pod>::all(client.clone()), masters)
+        .default_backoff()
+        .reflect(caches.master_pods)
+        .touched_objects();
+    let services = watcher(Api::<Service>::all(client.clone()), owned.clone())
+        .default_backoff()
+        .reflect(caches.services)
+        .touched_objects();
+    let agent_sets = watcher(Api::<StatefulSet>::all(client.clone()), owned)
+        .default_backoff()
+        .reflect(caches.agent_sets)
+        .touched_objects();
     let controller = Controller::for_stream(spec_changes(tests), ctx.tests.clone())
-        .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
-        .owns(Api::<Pod>::all(client.clone()), owned)
+        .owns_stream(agent_sets)
+        .owns_stream(master_pods)
+        .owns_stream(services)
+        .owns_stream(secrets)
         .watches_stream(spec_changes(throttles), |t| test_of(&t))
         .watches_stream(spec_changes(coordinators), |c| test_of(&c))
         .graceful_shutdown_on(shutdown)
@@ -339,10 +397,10 @@ async fn reconcile_inner(lt: &LoadTest, ctx: &Context) -> Result<Action, Error> 
     // Build and apply.
     let token = ensure_token(lt, ctx).await?;
     let master_pod = ensure_master(lt, ctx, &throttles, &coordinators).await?;
-    apply(ctx, &ns, &build::master_service(lt)).await?;
-    apply(ctx, &ns, &build::agents(lt, &ctx.pods)).await?;
+    apply_if_changed(ctx, &ctx.services, build::master_service(lt)).await?;
+    apply_if_changed(ctx, &ctx.agent_sets, build::agents(lt, &ctx.pods)).await?;
     // Push the live settings, and read the master's state.
-    let master = MasterClient::new(
+    let master = ctx.masters.master(
         format!("{}.{ns}.svc:{MASTER_PORT}", names::master(&name)),
         token,
     );
@@ -360,7 +418,12 @@ async fn reconcile_inner(lt: &LoadTest, ctx: &Context) -> Result<Action, Error> 
                 write_status(ctx, lt, &status).await?;
                 return Ok(Action::requeue(Duration::from_millis(100)));
             }
-            let status = status::without_master(lt, &e.to_string(), &now);
+            // A master that exited says why better than a refused connection does.
+            let why = master_pod
+                .as_ref()
+                .and_then(status::master_exit)
+                .unwrap_or_else(|| e.to_string());
+            let status = status::without_master(lt, &why, &now);
             write_status(ctx, lt, &status).await?;
             // A master on its way is asked again soon: the agents connect the moment it
             // listens, and the test may start a moment later.
@@ -433,497 +496,6 @@ async fn reconcile_inner(lt: &LoadTest, ctx: &Context) -> Result<Action, Error> 
 }
 
 /// A Throttle or a Coordinator: a part of the test that `spec.loadTest` names.
-trait TestPart:
-    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-    + Clone
-    + serde::de::DeserializeOwned
-    + std::fmt::Debug
-{
-    /// The kind, for messages.
-    const KIND: &'static str;
-    /// The test it belongs to.
-    fn load_test(&self) -> Option<&str>;
-}
-
-impl TestPart for Throttle {
-    const KIND: &'static str = "Throttle";
-    fn load_test(&self) -> Option<&str> {
-        self.spec.load_test.as_deref()
-    }
-}
-
-impl TestPart for Coordinator {
-    const KIND: &'static str = "Coordinator";
-    fn load_test(&self) -> Option<&str> {
-        self.spec.load_test.as_deref()
-    }
-}
-
-/// The Throttles and Coordinators of a test, from the caches. A name a step uses but the
-/// cache does not have yet (applied with the test a moment ago, or the operator just
-/// started) is looked up in the API before the test is called invalid for it.
-async fn parts_of(
-    ctx: &Context,
-    ns: &str,
-    test: &str,
-) -> Result<(Vec<Throttle>, Vec<Coordinator>), Error> {
-    let (want_t, want_c) = ctx
-        .tests
-        .get(&ObjectRef::new(test).within(ns))
-        .map(|t| murmuration_model::names_used(&t.spec))
-        .unwrap_or_default();
-    Ok((
-        parts(ctx, &ctx.throttles, ns, test, want_t).await?,
-        parts(ctx, &ctx.coordinators, ns, test, want_c).await?,
-    ))
-}
-
-/// The parts of one kind of test `test` in `ns`, by name: those in `cache`, and those of
-/// `wanted` read from the API.
-async fn parts<K: TestPart>(
-    ctx: &Context,
-    cache: &Store<K>,
-    ns: &str,
-    test: &str,
-    wanted: Vec<String>,
-) -> Result<Vec<K>, Error> {
-    let mut found: Vec<K> = cache
-        .state()
-        .iter()
-        .filter(|p| p.meta().namespace.as_deref() == Some(ns) && p.load_test() == Some(test))
-        .map(|p| (**p).clone())
-        .collect();
-    for n in wanted {
-        if !found.iter().any(|p| p.meta().name.as_deref() == Some(&n)) {
-            let got = Api::<K>::namespaced(ctx.client.clone(), ns)
-                .get_opt(&n)
-                .await
-                .map_err(kube_err(format!("read {} {n}", K::KIND)))?;
-            found.extend(got.filter(|p| p.load_test() == Some(test)));
-        }
-    }
-    found.sort_by(|a, b| a.meta().name.cmp(&b.meta().name));
-    Ok(found)
-}
-
-/// The token of the test: created once, kept for the life of the test.
-async fn ensure_token(lt: &LoadTest, ctx: &Context) -> Result<String, Error> {
-    let ns = lt.namespace().unwrap_or_default();
-    let name = names::token_secret(&lt.name_any());
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    if let Some(s) = secrets
-        .get_opt(&name)
-        .await
-        .map_err(kube_err("read the token Secret"))?
-    {
-        return s
-            .data
-            .and_then(|d| {
-                d.get(TOKEN_KEY)
-                    .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-            })
-            .ok_or(Error::NoToken(name));
-    }
-    let token: String = {
-        use rand::Rng;
-        let mut rng = rand::rng();
-        (0..40)
-            .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.random_range(0..36)]))
-            .collect()
-    };
-    match secrets
-        .create(&PostParams::default(), &build::token_secret(lt, &token))
-        .await
-    {
-        Ok(_) => Ok(token),
-        // Created meanwhile by another pass: take that one.
-        Err(kube::Error::Api(e)) if e.code == 409 => {
-            let s = secrets
-                .get(&name)
-                .await
-                .map_err(kube_err("read the token Secret"))?;
-            s.data
-                .and_then(|d| {
-                    d.get(TOKEN_KEY)
-                        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-                })
-                .ok_or(Error::NoToken(name))
-        }
-        Err(e) => Err(kube_err("create the token Secret")(e)),
-    }
-}
-
-/// The master pod is created once: pods are immutable, and the live settings go to the
-/// master through its API. Returns it (when it could be read back).
-async fn ensure_master(
-    lt: &LoadTest,
-    ctx: &Context,
-    throttles: &[Throttle],
-    coordinators: &[Coordinator],
-) -> Result<Option<Pod>, Error> {
-    let ns = lt.namespace().unwrap_or_default();
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let name = names::master(&lt.name_any());
-    if let Some(p) = pods
-        .get_opt(&name)
-        .await
-        .map_err(kube_err("read the master pod"))?
-    {
-        return Ok(Some(p));
-    }
-    match pods
-        .create(
-            &PostParams::default(),
-            &build::master_pod(
-                lt,
-                &build::test_manifests(lt, throttles, coordinators),
-                &ctx.pods,
-            ),
-        )
-        .await
-    {
-        Ok(p) => {
-            tracing::info!("master pod created");
-            Ok(Some(p))
-        }
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
-        Err(e) => Err(kube_err("create the master pod")(e)),
-    }
-}
-
-async fn apply<K>(ctx: &Context, ns: &str, obj: &K) -> Result<(), Error>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::Serialize
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
-    let name = obj.meta().name.clone().unwrap_or_default();
-    api.patch(
-        &name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(obj),
-    )
-    .await
-    .map_err(kube_err(format!("apply {} {name}", K::kind(&()))))?;
-    Ok(())
-}
-
-/// Sends the master what changed: users, agents, vars, throttles, coordinators. The master
-/// takes the same settings again as no change.
-async fn push(
-    lt: &LoadTest,
-    started: Option<&LoadTestSpec>,
-    master: &MasterClient,
-    mut state: MasterStatus,
-    throttles: &[Throttle],
-    coordinators: &[Coordinator],
-) -> MasterStatus {
-    fn note(
-        state: &mut MasterStatus,
-        r: Result<MasterStatus, crate::master::MasterError>,
-        what: &str,
-    ) {
-        match r {
-            Ok(s) => *state = s,
-            Err(e) => tracing::warn!("pushing {what} to the master: {e}"),
-        }
-    }
-    // A stop asked for in the spec (the master takes a repeated stop as a no-op, and a
-    // forced one after a graceful one as forcing it).
-    if let Some(mode) = lt.spec.stop {
-        let forced = mode == StopMode::Forced;
-        let due = match state.phase {
-            TestPhase::Starting | TestPhase::Running => true,
-            TestPhase::Stopping => forced,
-            TestPhase::Finished => false,
-        };
-        if due {
-            tracing::info!(forced, "stopping the test, as its spec asks");
-            let r = master.stop(forced).await;
-            note(&mut state, r, "the stop");
-        }
-        return state;
-    }
-    let users = lt.spec.users.unwrap_or(0).max(0) as u64;
-    let profile_runs = state.profile.as_ref().is_some_and(|p| !p.overridden);
-    let due = if state.arrivals.is_some() {
-        // An open model has no users to set.
-        false
-    } else if profile_runs {
-        // The stages set the users, until a person changes spec.users from what the test
-        // started with: that takes over (the master stops the profile).
-        lt.spec.users.is_some() && started.is_some_and(|s| s.users != lt.spec.users)
-    } else {
-        state.users.desired != users as i64
-    };
-    if due {
-        tracing::info!(users, "desired users changed");
-        let r = master.set_users(users).await;
-        note(&mut state, r, "users");
-    }
-    let agents = lt.spec.agents.max(1) as u64;
-    if state.agents.desired != agents as i64 {
-        let r = master.set_agents(agents).await;
-        note(&mut state, r, "agents");
-    }
-    let r = master.set_vars(&lt.spec.vars).await;
-    note(&mut state, r, "vars");
-    for t in throttles {
-        let r = master.put_throttle(&t.name_any(), &t.spec).await;
-        note(&mut state, r, "a throttle");
-    }
-    for c in coordinators {
-        let r = master.put_coordinator(&c.name_any(), &c.spec).await;
-        note(&mut state, r, "a coordinator");
-    }
-    let gone: Vec<String> = state
-        .throttles
-        .iter()
-        .map(|t| t.name.clone())
-        .filter(|n| !throttles.iter().any(|t| t.name_any() == *n))
-        .collect();
-    for n in gone {
-        if let Err(e) = master.delete_throttle(&n).await {
-            tracing::warn!("deleting throttle {n} at the master: {e}");
-        }
-    }
-    let gone: Vec<String> = state
-        .coordinators
-        .iter()
-        .map(|c| c.name.clone())
-        .filter(|n| !coordinators.iter().any(|c| c.name_any() == *n))
-        .collect();
-    for n in gone {
-        if let Err(e) = master.delete_coordinator(&n).await {
-            tracing::warn!("deleting coordinator {n} at the master: {e}");
-        }
-    }
-    state
-}
-
-/// Live figures into the Throttles' and Coordinators' status.
-async fn write_figures(
-    ctx: &Context,
-    ns: &str,
-    state: &MasterStatus,
-    throttles: &[Throttle],
-    coordinators: &[Coordinator],
-) {
-    let tapi: Api<Throttle> = Api::namespaced(ctx.client.clone(), ns);
-    for t in throttles {
-        let Some(f) = state.throttles.iter().find(|f| f.name == t.name_any()) else {
-            continue;
-        };
-        let status = ThrottleStatus {
-            rate: f.rate as i64,
-            requested: f.requested as i64,
-            executed: f.executed as i64,
-            waiting: f.waiting as i64,
-        };
-        if t.status.as_ref() != Some(&status) {
-            let patch = serde_json::json!({"status": status});
-            if let Err(e) = tapi
-                .patch_status(
-                    &t.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(&patch),
-                )
-                .await
-            {
-                tracing::warn!("status of Throttle {}: {e}", t.name_any());
-            }
-        }
-    }
-    let capi: Api<Coordinator> = Api::namespaced(ctx.client.clone(), ns);
-    for c in coordinators {
-        let Some(f) = state.coordinators.iter().find(|f| f.name == c.name_any()) else {
-            continue;
-        };
-        let status = CoordinatorStatus {
-            waiting: f.waiting as i64,
-            groups: f.groups as i64,
-            timeouts: f.timeouts as i64,
-        };
-        if c.status.as_ref() != Some(&status) {
-            let patch = serde_json::json!({"status": status});
-            if let Err(e) = capi
-                .patch_status(
-                    &c.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(&patch),
-                )
-                .await
-            {
-                tracing::warn!("status of Coordinator {}: {e}", c.name_any());
-            }
-        }
-    }
-}
-
-async fn write_status(ctx: &Context, lt: &LoadTest, status: &LoadTestStatus) -> Result<(), Error> {
-    if lt.status.as_ref() == Some(status) {
-        return Ok(());
-    }
-    let api: Api<LoadTest> =
-        Api::namespaced(ctx.client.clone(), &lt.namespace().unwrap_or_default());
-    // A merge patch replaces lists whole and leaves out nothing that is set.
-    let patch = serde_json::json!({"status": status});
-    api.patch_status(
-        &lt.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await
-    .map_err(kube_err("write the LoadTest status"))?;
-    let uid = lt.metadata.uid.clone().unwrap_or_default();
-    ctx.memo(&uid, |m| m.written = Some((status.clone(), Instant::now())));
-    Ok(())
-}
-
-/// Edits the running test does not take, told when they change (not at every scale): the
-/// spec the master started with is in its pod.
-fn edits_not_taken(lt: &LoadTest, ctx: &Context, master: Option<&Pod>) -> Option<Transition> {
-    let generation = lt.metadata.generation.unwrap_or(0);
-    let uid = lt.metadata.uid.clone().unwrap_or_default();
-    // A spec compared once is not parsed again at every follow-up poll.
-    let told = ctx.memo(&uid, |m| m.edits_told.clone());
-    if told.as_ref().is_some_and(|(g, _)| *g == generation) {
-        return None;
-    }
-    let started = build::started_spec(master?)?;
-    let fields = status::edits_not_taken(&started, &lt.spec);
-    ctx.memo(&uid, |m| m.edits_told = Some((generation, fields.clone())));
-    if fields.is_empty() || told.is_some_and(|(_, f)| f == fields) {
-        return None;
-    }
-    tracing::warn!(?fields, "edits the running test does not take");
-    Some(Transition::EditsNotTaken { fields })
-}
-
-async fn publish(ctx: &Context, lt: &LoadTest, events: &[Transition]) {
-    for t in events {
-        let ev = Event {
-            type_: if t.warning() {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: t.reason().into(),
-            note: Some(t.note()),
-            action: t.reason().into(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder.publish(&ev, &lt.object_ref(&())).await {
-            tracing::warn!("event {}: {e}", t.reason());
-        }
-    }
-}
-
-/// Keeps the report in a ConfigMap owned by the test, before any pod goes away. Whether
-/// it is kept: a master that cannot give it is asked again (the reconcile fails and is
-/// retried) for [`REPORT_PATIENCE`], then the test ends without it.
-async fn store_report(lt: &LoadTest, ctx: &Context, master: &MasterClient) -> Result<bool, Error> {
-    let ns = lt.namespace().unwrap_or_default();
-    let uid = lt.metadata.uid.clone().unwrap_or_default();
-    let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
-    let name = names::report(&lt.name_any());
-    if cms
-        .get_opt(&name)
-        .await
-        .map_err(kube_err("read the report ConfigMap"))?
-        .is_some()
-    {
-        return Ok(true);
-    }
-    let mut points = 3600;
-    let gz = loop {
-        let json = match master.report(points).await {
-            Ok(j) => j,
-            Err(e) => {
-                let since = ctx.memo(&uid, |m| {
-                    *m.report_failing_since.get_or_insert_with(Instant::now)
-                });
-                if since.elapsed() < REPORT_PATIENCE {
-                    return Err(Error::Report(e));
-                }
-                tracing::warn!("the report could not be fetched for {REPORT_PATIENCE:?}: {e}");
-                return Ok(false);
-            }
-        };
-        let gz = gzip(&json);
-        if gz.len() <= MAX_REPORT_BYTES || points <= 10 {
-            break gz;
-        }
-        points /= 2;
-    };
-    tracing::info!(bytes = gz.len(), points, "report stored");
-    match cms
-        .create(&PostParams::default(), &build::report_configmap(lt, gz))
-        .await
-    {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(true),
-        Err(e) => Err(kube_err("store the report")(e)),
-    }
-}
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    let _ = enc.write_all(data);
-    enc.finish().unwrap_or_default()
-}
-
-/// After the end: pods go per `spec.cleanup.policy`, the test after its TTL.
-async fn finished(lt: &LoadTest, ctx: &Context) -> Result<Action, Error> {
-    let ns = lt.namespace().unwrap_or_default();
-    let name = lt.name_any();
-    let plan = status::after_the_end(lt, &now());
-    if plan.remove_pods {
-        let dp = DeleteParams::background();
-        let gone = |r: Result<_, kube::Error>, what: &str| match r {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-            Err(e) => Err(kube_err(format!("delete the {what}"))(e)),
-        };
-        gone(
-            Api::<StatefulSet>::namespaced(ctx.client.clone(), &ns)
-                .delete(&names::agents(&name), &dp)
-                .await
-                .map(|_| ()),
-            "agents",
-        )?;
-        gone(
-            Api::<Pod>::namespaced(ctx.client.clone(), &ns)
-                .delete(&names::master(&name), &dp)
-                .await
-                .map(|_| ()),
-            "master pod",
-        )?;
-        gone(
-            Api::<Service>::namespaced(ctx.client.clone(), &ns)
-                .delete(&names::master(&name), &dp)
-                .await
-                .map(|_| ()),
-            "master Service",
-        )?;
-    }
-    match plan.delete_test_in {
-        Some(left) if left.is_zero() => {
-            tracing::info!("time to live over: deleting the test");
-            Api::<LoadTest>::namespaced(ctx.client.clone(), &ns)
-                .delete(&name, &DeleteParams::background())
-                .await
-                .map_err(kube_err("delete the finished LoadTest"))?;
-            Ok(Action::await_change())
-        }
-        Some(left) => Ok(Action::requeue(left.max(Duration::from_secs(1)))),
-        None => Ok(Action::await_change()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
