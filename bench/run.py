@@ -330,10 +330,11 @@ def bench_throughput(args, tools, results):
     runners = [
         ("wrk -t1", lambda url: wrk(url, conns, secs, 1)),
         ("wrk -t2", lambda url: wrk(url, conns, secs, 2)),
-        ("oha", lambda url: oha(tools["oha"], url, conns, secs)),
         ("murmur --workers 1", lambda url: murmur_tool(url, conns, secs, 1)),
         ("murmur --workers 2", lambda url: murmur_tool(url, conns, secs, 2)),
     ]
+    if tools["oha"]:
+        runners.insert(2, ("oha", lambda url: oha(tools["oha"], url, conns, secs)))
     if tools["goose"]:
         runners.append(("Goose", lambda url: goose(tools["goose"], url, conns, secs)))
     if tools["locust"]:
