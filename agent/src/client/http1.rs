@@ -359,7 +359,7 @@ mod tests {
     fn answers_say_how_their_body_ends() {
         let h = head("HTTP/1.1 200 OK\r\ncontent-length: 13\r\n\r\nHello");
         assert!(matches!(h.framing, Framing::Length(13)) && !h.close);
-        assert_eq!(h.len, 38);
+        assert_eq!(h.len, 39);
         let h = head(
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\ncontent-length: 4\r\n\r\n",
         );
