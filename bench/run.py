@@ -1,16 +1,23 @@
 #!/usr/bin/env python3
 """Murmuration benchmarks, side by side with other tools, in one run on this machine.
 
-    python3 bench/run.py [--duration 10] [--connections 50] [--only throughput,memory,throttle]
+    python3 bench/run.py [--duration 8] [--rounds 2] [--connections 50] [--no-peers]
+                         [--only throughput,memory,throttle,distributed]
 
-Installs what it needs (wrk and nginx from Debian, oha from crates.io; idempotent), builds
+Installs what it needs (wrk and nginx from Debian, oha from crates.io, Goose built from
+bench/goose, Locust in a venv; idempotent, cached under ~/.cache/murmuration), builds
 `murmur` in release mode, and prints the figures and the ratios. Every load goes to
 127.0.0.1 only, and every run is bounded in time. Results are also written as JSON to
 bench/results/latest.json.
 
 Benchmarks:
-  throughput  requests/s of `murmur run` (http scenario, no think time, one connection per
-              user) against wrk and oha: same target, same connections, same duration.
+  throughput  the cost of a request: requests/s AND CPU seconds (user+sys of the load
+              tool's own process tree, from its rusage) per 100,000 requests, for wrk -t1
+              and -t2, oha, Goose, Locust FastHttpUser and `murmur run` with 1 and 2
+              workers, against nginx (1 worker) answering `return 200` and serving a static
+              file; same connections and duration for every tool, several rounds, ratios
+              to wrk -t1 of the same round. Goose and Locust are left out with --no-peers
+              (and always when CI is set).
   memory      resident memory per user with 100,000 and 1,000,000 users sleeping in a
               `think` step.
   throttle    a Throttle of 20,000/s saturated by many users for 30 s: share of the limit
@@ -18,6 +25,8 @@ Benchmarks:
               4 agent processes (`--agents 4`). Windows are counted on the grant times the
               throttles log (MURMUR_GRANT_LOG), sliding, not aligned. These saturation
               figures are machine-speed figures: the tests only check the limit.
+  distributed 1 master + 2 agent processes against in-process and wrk, and how fast a
+              running test scales up.
 """
 
 import argparse
@@ -30,6 +39,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -63,7 +73,14 @@ def wait_port(port, deadline=10.0):
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {deadline}s")
 
 
-def ensure_tools():
+GOOSE_DIR = ROOT / "bench" / "goose"
+LOCUST_VENV = CACHE / "locust-venv"
+LOCUST_VERSION = "2.47.0"
+
+
+def ensure_tools(peers):
+    """Installs what the benchmarks need (each step only once) and builds murmur; returns
+    the paths of oha, Goose and Locust (None for the peers when they are left out)."""
     missing = [p for p, b in (("wrk", "wrk"), ("nginx-light", "nginx")) if not shutil.which(b)]
     if missing:
         log(f"installing {' '.join(missing)} from Debian")
@@ -73,23 +90,42 @@ def ensure_tools():
     if not oha.exists() and not shutil.which("oha"):
         log("building oha from crates.io (once; cached in %s)" % CACHE)
         sh(["cargo", "install", "--locked", "--root", str(CACHE), "oha"], stdout=subprocess.DEVNULL)
+    tools = dict(oha=str(oha) if oha.exists() else shutil.which("oha"), goose=None, locust=None)
+    if peers:
+        # Goose: a small crate outside the workspace, built into the cache (cargo only
+        # rebuilds it when bench/goose changes).
+        log("building the Goose bench (bench/goose; cached in %s)" % CACHE)
+        target = CACHE / "goose-target"
+        sh(["cargo", "build", "--release", "--locked", "-q", "--target-dir", str(target)], cwd=GOOSE_DIR)
+        tools["goose"] = str(target / "release" / "murmur-bench-goose")
+        locust = LOCUST_VENV / "bin" / "locust"
+        if not locust.exists():
+            log(f"installing Locust {LOCUST_VERSION} in a venv (once; {LOCUST_VENV})")
+            sh([sys.executable, "-m", "venv", str(LOCUST_VENV)])
+            sh([str(LOCUST_VENV / "bin" / "pip"), "install", "-q", f"locust=={LOCUST_VERSION}"],
+               stdout=subprocess.DEVNULL)
+        tools["locust"] = str(locust)
     log("building murmur (release)")
     sh(["cargo", "build", "--release", "-q", "-p", "murmuration-agent", "--bin", "murmur"], cwd=ROOT)
-    return str(oha) if oha.exists() else shutil.which("oha")
+    return tools
 
 
 class Nginx:
-    """nginx with one worker on a loopback port, serving a 13-byte body."""
+    """nginx with one worker on a loopback port, answering every request with the same
+    13-byte body: `fixed` from the configuration (`return 200`), `static` from a file."""
 
-    def __init__(self, workers=1):
+    BODY = "Hello, world!"
+
+    def __init__(self, workers=1, answer="static"):
         self.dir = Path(tempfile.mkdtemp(prefix="murmur-bench-nginx-"))
         (self.dir / "www").mkdir()
-        (self.dir / "www" / "index.html").write_text("Hello, world!")
+        (self.dir / "www" / "index.html").write_text(self.BODY)
         # nginx's workers drop root's rights: they must be able to read the page, or every
         # tool would be measured on 403s.
         for p in (self.dir, self.dir / "www", self.dir / "www" / "index.html"):
             p.chmod(0o755)
         self.port = free_port()
+        location = {"static": "{ }", "fixed": f'{{ return 200 "{self.BODY}"; }}'}[answer]
         (self.dir / "nginx.conf").write_text(f"""
 worker_processes {workers};
 daemon off;
@@ -98,9 +134,10 @@ error_log {self.dir}/error.log;
 events {{ worker_connections 4096; }}
 http {{
   access_log off;
+  default_type text/plain;
   keepalive_requests 100000000;
   keepalive_timeout 300s;
-  server {{ listen 127.0.0.1:{self.port} reuseport; root {self.dir}/www; location / {{ }} }}
+  server {{ listen 127.0.0.1:{self.port} reuseport; root {self.dir}/www; location / {location} }}
 }}
 """)
         self.proc = subprocess.Popen(["nginx", "-c", str(self.dir / "nginx.conf")],
@@ -130,19 +167,124 @@ class DemoServer:
         self.proc.wait(10)
 
 
+def run_measured(cmd, timeout, env=None):
+    """Runs `cmd` to its end; returns (stdout, CPU seconds, wall seconds). The CPU is
+    user+sys of the process and of every descendant it waited for (wait4's rusage), so a
+    tool's whole tree is counted and nothing else (not the target, not this script). A
+    run past `timeout` is killed, with its whole process group."""
+    out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, start_new_session=True)
+    timer = threading.Timer(timeout, lambda: os.killpg(p.pid, signal.SIGKILL))
+    timer.start()
+    try:
+        _, status, usage = os.wait4(p.pid, 0)
+    finally:
+        timer.cancel()
+    wall = time.perf_counter() - t0
+    p.returncode = os.waitstatus_to_exitcode(status)
+    out.seek(0)
+    err.seek(0)
+    stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, cmd))} exited with {p.returncode}"
+                           f"{' (killed after %ds)' % timeout if wall >= timeout else ''}:\n{stderr[-2000:]}")
+    return stdout, usage.ru_utime + usage.ru_stime, wall
+
+
+def measured(requests, seconds, cpu, failed=0):
+    """One tool's run: requests completed, over how long, its CPU, and failed requests."""
+    return dict(requests=requests, seconds=seconds, rate=requests / seconds, cpu_s=cpu,
+                cpu_per_100k=cpu / max(requests, 1) * 100_000, failed=failed)
+
+
 def wrk(url, conns, secs, threads):
-    out = subprocess.run(["wrk", f"-t{threads}", f"-c{conns}", f"-d{secs}s", url],
-                         capture_output=True, text=True, check=True, timeout=secs + 30).stdout
+    out, cpu, _ = run_measured(["wrk", f"-t{threads}", f"-c{conns}", f"-d{secs}s", url], secs + 30)
+    requests = seconds = None
+    failed = 0
     for line in out.splitlines():
-        if line.startswith("Requests/sec:"):
-            return float(line.split()[1])
-    raise RuntimeError("wrk printed no rate:\n" + out)
+        words = line.split()
+        if "requests in" in line:
+            requests, seconds = int(words[0]), humantime_s(words[3].rstrip(","))
+        elif line.strip().startswith("Non-2xx or 3xx responses:"):
+            failed = int(words[-1])
+    if requests is None:
+        raise RuntimeError("wrk printed no request count:\n" + out)
+    return measured(requests, seconds, cpu, failed)
+
+
+def humantime_s(text):
+    """wrk's durations: 8.00s, 1.00m."""
+    for suffix, mult in (("ms", 1e-3), ("us", 1e-6), ("s", 1.0), ("m", 60.0), ("h", 3600.0)):
+        if text.endswith(suffix):
+            return float(text[: -len(suffix)]) * mult
+    raise ValueError(f"not a wrk duration: {text}")
 
 
 def oha(binary, url, conns, secs):
-    out = subprocess.run([binary, "-c", str(conns), "-z", f"{secs}s", "--no-tui", "--output-format", "json", url],
-                         capture_output=True, text=True, check=True, timeout=secs + 60).stdout
-    return float(json.loads(out)["summary"]["requestsPerSec"])
+    out, cpu, _ = run_measured([binary, "-c", str(conns), "-z", f"{secs}s", "--no-tui",
+                                "--output-format", "json", url], secs + 60)
+    doc = json.loads(out)
+    codes = doc.get("statusCodeDistribution", {})
+    # Requests cut off by the deadline are in errorDistribution, as "aborted due to
+    # deadline": not failures of the target, and not completed, so not counted.
+    return measured(sum(codes.values()), float(doc["summary"]["total"]), cpu,
+                    sum(n for c, n in codes.items() if not c.startswith(("2", "3"))))
+
+
+def goose(binary, url, conns, secs):
+    # All users start in the first second (increase rate = users); Goose's own duration is
+    # the time it measured over.
+    out, cpu, _ = run_measured([binary, "--host", url.rstrip("/"), "--users", str(conns),
+                                "--increase-rate", str(conns), "--run-time", f"{secs}s",
+                                "--no-reset-metrics", "--quiet", "--no-print-metrics"], secs + 60)
+    doc = json.loads(out.strip().splitlines()[-1])
+    return measured(doc["requests"], float(doc["seconds"]), cpu, doc["failed"])
+
+
+LOCUSTFILE = """
+from locust import FastHttpUser, constant, task
+
+
+class Bench(FastHttpUser):
+    wait_time = constant(0)
+
+    @task
+    def root(self):
+        self.client.get("/")
+"""
+
+
+def locust(binary, url, conns, secs):
+    d = Path(tempfile.mkdtemp(prefix="murmur-bench-locust-"))
+    try:
+        (d / "locustfile.py").write_text(LOCUSTFILE)
+        out, cpu, _ = run_measured([binary, "-f", str(d / "locustfile.py"), "--headless", "--only-summary",
+                                    "--json", "-u", str(conns), "-r", str(conns), "-t", f"{secs}s",
+                                    "--host", url.rstrip("/"), "--loglevel", "WARNING"], secs + 60)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    stats = json.loads(out[out.index("["):])
+    requests = sum(s["num_requests"] for s in stats)
+    failed = sum(s["num_failures"] for s in stats)
+    seconds = max(s["last_request_timestamp"] for s in stats) - min(s["start_time"] for s in stats)
+    return measured(requests, seconds, cpu, failed)
+
+
+def murmur_tool(url, conns, secs, workers):
+    d = Path(tempfile.mkdtemp(prefix="murmur-bench-"))
+    try:
+        (d / "test.yaml").write_text(http_manifest(url, conns, secs))
+        _, cpu, _ = run_measured([str(MURMUR), "run", str(d / "test.yaml"), "--out", str(d), "--plain",
+                                  "--progress-every", "3600", "--workers", str(workers)], secs + 60)
+        rep = json.loads((d / "report.json").read_text())
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    total = rep["total"]
+    if total["errors"]:
+        raise RuntimeError(f"murmur saw {total['errors']} errors against {url}: "
+                           f"{total['errorsByKind']}; the figures would compare failures")
+    return measured(total["requests"], rep["durationS"], cpu, total["errors"])
 
 
 def murmur_run(manifest_text, workers=None, timeout=120, env=None, sample_rss_after=None, agents=0):
@@ -186,31 +328,49 @@ spec:
 """
 
 
-def bench_throughput(args, oha_bin, results):
-    log(f"throughput: {args.connections} connections, {args.duration}s per tool")
+def bench_throughput(args, tools, results):
+    conns, secs = args.connections, args.duration
+    runners = [
+        ("wrk -t1", lambda url: wrk(url, conns, secs, 1)),
+        ("wrk -t2", lambda url: wrk(url, conns, secs, 2)),
+        ("murmur --workers 1", lambda url: murmur_tool(url, conns, secs, 1)),
+        ("murmur --workers 2", lambda url: murmur_tool(url, conns, secs, 2)),
+    ]
+    if tools["oha"]:
+        runners.insert(2, ("oha", lambda url: oha(tools["oha"], url, conns, secs)))
+    if tools["goose"]:
+        runners.append(("Goose", lambda url: goose(tools["goose"], url, conns, secs)))
+    if tools["locust"]:
+        runners.append(("Locust FastHttpUser", lambda url: locust(tools["locust"], url, conns, secs)))
+    targets = [("nginx return 200", Nginx(1, "fixed")), ("nginx static file", Nginx(1, "static"))]
+    log(f"throughput: {len(runners)} tools x {len(targets)} targets x {args.rounds} rounds, "
+        f"{conns} connections, {secs}s each")
     rows = []
-    for target_name, make in (("nginx", lambda: Nginx(1)), ("murmur demo-server", lambda: DemoServer(1))):
-        target = make()
-        try:
-            for threads in (1, 2):
-                w = wrk(target.url, args.connections, args.duration, threads)
-                o = oha(oha_bin, target.url, args.connections, args.duration) if (oha_bin and threads == 1) else None
-                rep, _ = murmur_run(http_manifest(target.url, args.connections, args.duration), workers=threads)
-                m = rep["total"]["requests"] / rep["durationS"]
-                errors = rep["total"]["errors"]
-                if errors:
-                    raise RuntimeError(f"murmur saw {errors} errors against {target_name}: "
-                                       f"{rep['total']['errorsByKind']}; the figures would compare failures")
-                rows.append(dict(target=target_name, threads=threads, wrk=w, oha=o, murmur=m, murmur_errors=errors))
-        finally:
-            target.stop()
-    print("\n## Throughput (requests/s; same target, connections and duration)")
-    print(f"{'target':<20} {'threads':>7} {'wrk':>10} {'oha':>10} {'murmur':>10} {'murmur/wrk':>11} {'murmur/oha':>11}")
+    try:
+        for rnd in range(1, args.rounds + 1):
+            for target_name, target in targets:
+                load = os.getloadavg()[0]
+                for tool, run in runners:
+                    log(f"  round {rnd}, {target_name}: {tool}")
+                    m = run(target.url)
+                    if m["failed"]:
+                        raise RuntimeError(f"{tool} saw {m['failed']} failed requests against {target_name}: "
+                                           "the figures would compare failures")
+                    rows.append(dict(round=rnd, target=target_name, tool=tool, load_before=load, **m))
+    finally:
+        for _, t in targets:
+            t.stop()
+    print(f"\n## Throughput and CPU per request ({conns} connections, {secs} s, nginx with 1 worker)")
+    print("CPU = user+sys of the tool's own processes; ratios to wrk -t1 in the same round and target")
+    print(f"{'target':<18} {'rnd':>3} {'tool':<20} {'req/s':>9} {'CPU s/100k':>10} "
+          f"{'req/s / wrk':>11} {'CPU / wrk':>9}")
     for r in rows:
-        oha_s = f"{r['oha']:>10.0f}" if r["oha"] else f"{'-':>10}"
-        ratio_o = f"{r['murmur'] / r['oha']:>11.2f}" if r["oha"] else f"{'-':>11}"
-        print(f"{r['target']:<20} {r['threads']:>7} {r['wrk']:>10.0f} {oha_s} {r['murmur']:>10.0f} "
-              f"{r['murmur'] / r['wrk']:>11.2f} {ratio_o}")
+        base = next(b for b in rows if b["round"] == r["round"] and b["target"] == r["target"]
+                    and b["tool"] == "wrk -t1")
+        r["rate_vs_wrk1"] = r["rate"] / base["rate"]
+        r["cpu_vs_wrk1"] = r["cpu_per_100k"] / base["cpu_per_100k"]
+        print(f"{r['target']:<18} {r['round']:>3} {r['tool']:<20} {r['rate']:>9.0f} {r['cpu_per_100k']:>10.2f} "
+              f"{r['rate_vs_wrk1']:>11.2f} {r['cpu_vs_wrk1']:>9.2f}")
     results["throughput"] = rows
 
 
@@ -371,7 +531,7 @@ def bench_distributed(args, results):
     log(f"distributed: {args.connections} connections, {args.duration}s per run")
     target = Nginx(1)
     try:
-        w = wrk(target.url, args.connections, args.duration, 2)
+        w = wrk(target.url, args.connections, args.duration, 2)["rate"]
         manifest = http_manifest(target.url, args.connections, args.duration)
         local, _ = murmur_run(manifest, workers=2)
         dist, _ = murmur_run(manifest, workers=1, agents=2)
@@ -462,16 +622,19 @@ spec:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--duration", type=int, default=10, help="seconds per throughput run")
+    ap.add_argument("--duration", type=int, default=8, help="seconds per throughput run")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds of the throughput benchmark")
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--throttle-seconds", type=int, default=30)
+    ap.add_argument("--peers", action=argparse.BooleanOptionalAction, default=not os.environ.get("CI"),
+                    help="also measure Goose and Locust (slow to install; never in CI)")
     ap.add_argument("--only", default="throughput,memory,throttle,distributed")
     args = ap.parse_args()
-    oha_bin = ensure_tools()
-    results = dict(machine=dict(cores=os.cpu_count()), when=time.strftime("%Y-%m-%d %H:%M:%S"))
     todo = args.only.split(",")
+    tools = ensure_tools(args.peers and "throughput" in todo)
+    results = dict(machine=dict(cores=os.cpu_count()), when=time.strftime("%Y-%m-%d %H:%M:%S"))
     if "throughput" in todo:
-        bench_throughput(args, oha_bin, results)
+        bench_throughput(args, tools, results)
     if "memory" in todo:
         bench_memory(args, results)
     if "throttle" in todo:

@@ -1,19 +1,24 @@
 //! A user's own HTTP connections, as a browser keeps them: one per origin, kept alive,
 //! reconnected when the server closes it. HTTP/1.1 or HTTP/2, over TCP or TLS (rustls).
 //!
-//! The hot path is a bare hyper connection per user on the worker's current-thread runtime:
-//! no pool, no locks, no per-request task.
+//! The hot path is the user's own HTTP/1.1 connection, driven by the user's task on its
+//! worker's current-thread runtime ([`http1`]): no pool, no locks, no second task, no
+//! allocation per request. HTTP/2 goes through hyper's connection API.
 
-use std::io;
+mod http1;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
+use self::http1::Http1;
+pub use self::http1::RequestHead;
 use crate::metrics::ErrorKind;
 
 /// The body type of requests.
@@ -80,16 +85,20 @@ impl ClientError {
     }
 }
 
-enum Sender {
-    H1(http1::SendRequest<ReqBody>),
+/// A connection: HTTP/1.1 (over TCP or TLS) driven by the user itself, or hyper's HTTP/2.
+enum Conn {
+    Tcp(Http1<TcpStream>),
+    Tls(Box<Http1<TlsStream<TcpStream>>>),
     H2(http2::SendRequest<ReqBody>),
 }
 
-impl Sender {
-    fn is_closed(&self) -> bool {
+impl Conn {
+    /// Whether it can take a request now (not closed by the server meanwhile).
+    fn is_usable(&mut self) -> bool {
         match self {
-            Sender::H1(s) => s.is_closed(),
-            Sender::H2(s) => s.is_closed(),
+            Conn::Tcp(c) => c.is_usable(),
+            Conn::Tls(c) => c.is_usable(),
+            Conn::H2(s) => !s.is_closed(),
         }
     }
 }
@@ -97,7 +106,7 @@ impl Sender {
 /// One user's connections: at most one per origin (a user rarely talks to more than a few).
 #[derive(Default)]
 pub struct Connections {
-    conns: Vec<(Origin, Sender)>,
+    conns: Vec<(Origin, Conn)>,
 }
 
 /// An answer: status and, when asked for, the body.
@@ -109,71 +118,38 @@ pub struct Answer {
 }
 
 impl Connections {
-    /// Sends `req` to `origin` over this user's connection (opened or reopened as needed)
-    /// and reads the whole answer. `keep_body` keeps the body for checks.
+    /// Sends a request to `origin` over this user's connection (opened or reopened as
+    /// needed) and reads the whole answer. `keep_body` keeps the body for checks.
     pub async fn send(
         &mut self,
         config: &ClientConfig,
         origin: &Origin,
-        req: http::Request<ReqBody>,
+        head: RequestHead<'_>,
+        body: Bytes,
         keep_body: bool,
     ) -> Result<Answer, ClientError> {
-        let idx = match self.conns.iter().position(|(o, _)| o == origin) {
-            Some(i) if !self.conns[i].1.is_closed() => i,
+        let found = self.conns.iter().position(|(o, _)| o == origin);
+        let idx = match found {
+            Some(i) if self.conns[i].1.is_usable() => i,
             found => {
                 if let Some(i) = found {
                     self.conns.swap_remove(i);
                 }
-                let sender = connect(config, origin).await?;
-                self.conns.push((origin.clone(), sender));
+                let conn = connect(config, origin).await?;
+                self.conns.push((origin.clone(), conn));
                 self.conns.len() - 1
             }
         };
         let result = match &mut self.conns[idx].1 {
-            Sender::H1(s) => {
-                // Waits until the connection can take a request (the previous answer is read).
-                if s.ready().await.is_err() {
-                    Err(ClientError::new(ErrorKind::Protocol, "connection closed"))
-                } else {
-                    s.send_request(req).await.map_err(classify)
-                }
-            }
-            Sender::H2(s) => {
-                if s.ready().await.is_err() {
-                    Err(ClientError::new(ErrorKind::Protocol, "connection closed"))
-                } else {
-                    s.send_request(req).await.map_err(classify)
-                }
-            }
+            Conn::Tcp(c) => c.exchange(&head, &body, keep_body).await,
+            Conn::Tls(c) => c.exchange(&head, &body, keep_body).await,
+            Conn::H2(s) => send_h2(s, &head, body, keep_body).await,
         };
-        let response = match result {
-            Ok(r) => r,
-            Err(e) => {
-                self.conns.swap_remove(idx);
-                return Err(e);
-            }
-        };
-        let status = response.status();
-        let mut body = response.into_body();
-        let body = if keep_body {
-            match body.collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(e) => {
-                    self.conns.swap_remove(idx);
-                    return Err(classify(e));
-                }
-            }
-        } else {
-            // Read and drop: the answer must be consumed for the connection to be reused.
-            while let Some(frame) = body.frame().await {
-                if let Err(e) = frame {
-                    self.conns.swap_remove(idx);
-                    return Err(classify(e));
-                }
-            }
-            Bytes::new()
-        };
-        Ok(Answer { status, body })
+        if result.is_err() {
+            // Whatever failed, the connection is in an unknown state.
+            self.conns.swap_remove(idx);
+        }
+        result
     }
 
     /// Drops the connection to `origin`: after a timed-out exchange it may still be
@@ -182,10 +158,44 @@ impl Connections {
         self.conns.retain(|(o, _)| o != origin);
     }
 
-    /// Forgets every connection (they close when their tasks see the senders gone).
+    /// Closes every connection (an HTTP/2 one when its task sees its sender gone).
     pub fn close_all(&mut self) {
         self.conns.clear();
     }
+}
+
+/// One exchange over hyper's HTTP/2 connection.
+async fn send_h2(
+    sender: &mut http2::SendRequest<ReqBody>,
+    head: &RequestHead<'_>,
+    body: Bytes,
+    keep_body: bool,
+) -> Result<Answer, ClientError> {
+    let mut req = http::Request::builder()
+        .method(head.method.clone())
+        .uri(head.uri.clone());
+    for (name, value) in head.headers {
+        req = req.header(name, value);
+    }
+    let req = req.body(Full::new(body)).map_err(|e| {
+        ClientError::new(ErrorKind::Other, format!("request could not be built: {e}"))
+    })?;
+    if sender.ready().await.is_err() {
+        return Err(ClientError::new(ErrorKind::Protocol, "connection closed"));
+    }
+    let response = sender.send_request(req).await.map_err(classify)?;
+    let status = response.status();
+    let mut body = response.into_body();
+    let body = if keep_body {
+        body.collect().await.map_err(classify)?.to_bytes()
+    } else {
+        // Read and drop: the answer must be consumed for the stream to be released.
+        while let Some(frame) = body.frame().await {
+            frame.map_err(classify)?;
+        }
+        Bytes::new()
+    };
+    Ok(Answer { status, body })
 }
 
 fn classify(e: hyper::Error) -> ClientError {
@@ -197,7 +207,7 @@ fn classify(e: hyper::Error) -> ClientError {
     ClientError::new(kind, e.to_string())
 }
 
-async fn connect(config: &ClientConfig, origin: &Origin) -> Result<Sender, ClientError> {
+async fn connect(config: &ClientConfig, origin: &Origin) -> Result<Conn, ClientError> {
     let host = origin.authority.host();
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let tcp = TcpStream::connect((host, origin.port()))
@@ -221,36 +231,30 @@ async fn connect(config: &ClientConfig, origin: &Origin) -> Result<Sender, Clien
                     format!("TLS with {}: {e}", origin.authority),
                 )
             })?;
-        handshake(config, stream).await
+        if config.http2 {
+            handshake_h2(stream).await
+        } else {
+            Ok(Conn::Tls(Box::new(Http1::new(stream))))
+        }
+    } else if config.http2 {
+        handshake_h2(tcp).await
     } else {
-        handshake(config, tcp).await
+        Ok(Conn::Tcp(Http1::new(tcp)))
     }
 }
 
-async fn handshake<S>(config: &ClientConfig, stream: S) -> Result<Sender, ClientError>
+async fn handshake_h2<S>(stream: S) -> Result<Conn, ClientError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let io = TokioIo::new(stream);
-    if config.http2 {
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .handshake(io)
-            .await
-            .map_err(|e| ClientError::new(ErrorKind::Protocol, format!("HTTP/2 handshake: {e}")))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(Sender::H2(sender))
-    } else {
-        let (sender, conn) = http1::Builder::new()
-            .handshake(io)
-            .await
-            .map_err(|e| ClientError::new(ErrorKind::Protocol, format!("HTTP/1 handshake: {e}")))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(Sender::H1(sender))
-    }
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| ClientError::new(ErrorKind::Protocol, format!("HTTP/2 handshake: {e}")))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(Conn::H2(sender))
 }
 
 /// Runs `fut` with a time limit, counting a timeout as [`ErrorKind::Timeout`].
@@ -315,11 +319,5 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCert {
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-impl From<io::Error> for ClientError {
-    fn from(e: io::Error) -> ClientError {
-        ClientError::new(ErrorKind::Protocol, e.to_string())
     }
 }

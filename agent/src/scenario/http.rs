@@ -9,14 +9,15 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, HOST};
-use http_body_util::Full;
+use http::header::HeaderValue;
 use murmuration_model::http::{absolute, join, path_of, walk, Body, Request, Step, Target};
 use rand::Rng;
 
 pub use murmuration_model::http::{HttpScenario, DEFAULT_TIMEOUT};
 
-use crate::client::{with_timeout, Answer, ClientConfig, ClientError, Connections, Origin};
+use crate::client::{
+    with_timeout, Answer, ClientConfig, ClientError, Connections, Origin, RequestHead,
+};
 use crate::metrics::{ErrorKind, StepId};
 use crate::scenario::{InitContext, Scenario, ScenarioError, User};
 use crate::throttle::Permit;
@@ -160,29 +161,33 @@ async fn exchange(
     us: &mut UserState,
     r: &Request,
 ) -> Result<(), ClientError> {
+    // A static target is used as compiled; only a templated one is built per request.
+    let dynamic;
     let (origin, uri, host) = match &r.target {
-        Target::Static { origin, uri, host } => (origin.clone(), uri.clone(), host.clone()),
-        Target::Url(t) => dynamic_target(&t.render(user), sc.client.http2)?,
+        Target::Static { origin, uri, host } => (origin, uri, host),
+        Target::Url(t) => {
+            dynamic = dynamic_target(&t.render(user), sc.client.http2)?;
+            (&dynamic.0, &dynamic.1, &dynamic.2)
+        }
         Target::Path(t) => {
             let base = sc
                 .base_url
                 .as_ref()
                 .map(|b| b.render(user))
                 .unwrap_or_default();
-            dynamic_target(&join(&base, &t.render(user)), sc.client.http2)?
+            dynamic = dynamic_target(&join(&base, &t.render(user)), sc.client.http2)?;
+            (&dynamic.0, &dynamic.1, &dynamic.2)
         }
     };
-    let mut req = http::Request::builder().method(r.method.clone()).uri(uri);
-    if !sc.client.http2 {
-        req = req.header(HOST, host);
-    }
+    // Empty (no allocation) when the step has no headers.
+    let mut headers = Vec::with_capacity(r.headers.len());
     for (name, value) in &r.headers {
         let v = value.render(user);
         let v = HeaderValue::from_str(&v).map_err(|_| ClientError {
             kind: ErrorKind::Other,
             message: format!("header {name} rendered to an invalid value {v:?}"),
         })?;
-        req = req.header(name, v);
+        headers.push((name.clone(), v));
     }
     let body = match &r.body {
         Body::None => Bytes::new(),
@@ -190,14 +195,16 @@ async fn exchange(
         Body::Text(t) => Bytes::from(t.render(user)),
         Body::Json(j) => Bytes::from(j.render(user).to_string()),
     };
-    let req = req.body(Full::new(body)).map_err(|e| ClientError {
-        kind: ErrorKind::Other,
-        message: format!("request could not be built: {e}"),
-    })?;
+    let head = RequestHead {
+        method: &r.method,
+        uri,
+        host,
+        headers: &headers,
+    };
     let keep_body = r.body_contains.is_some() || !r.extract.is_empty();
     // Pinned where it is: wrapping the (large) exchange in a timeout by value would copy it.
     let answer = {
-        let send = us.conns.send(&state.client, &origin, req, keep_body);
+        let send = us.conns.send(&state.client, origin, head, body, keep_body);
         tokio::pin!(send);
         with_timeout(sc.timeout, send).await
     };
@@ -205,7 +212,7 @@ async fn exchange(
         Ok(a) => a,
         Err(e) => {
             if e.kind == ErrorKind::Timeout {
-                us.conns.discard(&origin);
+                us.conns.discard(origin);
             }
             return Err(e);
         }
