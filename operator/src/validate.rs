@@ -575,6 +575,30 @@ scenario:
 ";
 
     #[test]
+    fn websocket_steps_are_checked_as_the_engine_does() {
+        let ws = "users: 2
+vars: {target: ws://x}
+scenario:
+  websocket:
+    steps:
+      - connect: {url: \"{{vars.target}}/chat\"}
+      - coordinate: pairs
+      - loop: {times: 2, steps: [{throttle: rate}, {send: {json: {to: \"{{vars.room}}\"}}}]}
+";
+        let e = validate(&spec(ws), &["rate".into()], &[]).unwrap_err();
+        assert_eq!(e.field, "spec.scenario.websocket.steps[1].coordinate");
+        let e = validate(&spec(ws), &["rate".into()], &["pairs".into()]).unwrap_err();
+        assert_eq!(e.field, "spec.scenario.websocket");
+        assert!(e.reason.contains("vars.room"), "{e}");
+        let fixed = ws.replace("vars: {target: ws://x}", "vars: {target: ws://x, room: r}");
+        validate(&spec(&fixed), &["rate".into()], &["pairs".into()]).unwrap();
+        assert_eq!(
+            names_used(&spec(&fixed)),
+            (vec!["rate".to_owned()], vec!["pairs".to_owned()])
+        );
+    }
+
+    #[test]
     fn a_sound_spec_passes() {
         validate(&spec(OK), &["rate".into()], &[]).unwrap();
     }

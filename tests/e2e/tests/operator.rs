@@ -6,8 +6,8 @@
 //! user is lost or doubled; an edit of a field read at the start gets an `EditIgnored`
 //! Event; `spec.stop` ends the test with its result and report; a Throttle edited live changes the measured rate, and a
 //! Coordinator's status shows its groups, without the operator's own status writes making
-//! it reconcile in a loop; the examples run to Passed; an invalid LoadTest creates nothing
-//! and recovers when fixed; a finished test keeps its result and its report (`murmur
+//! it reconcile in a loop; the examples (http, messaging, WebSocket) run to Passed; an
+//! invalid LoadTest creates nothing and recovers when fixed; a finished test keeps its result and its report (`murmur
 //! report`) after its pods are gone; a master that never answers fails its test with the
 //! pod's state; `cleanup.policy: Never` keeps the pods and the TTL takes the test;
 //! `kubectl delete` leaves nothing behind; twenty tests at once (the operator's memory);
@@ -648,6 +648,28 @@ spec:
         .create(&PostParams::default(), &svc)
         .await
         .unwrap();
+    // And the WebSocket demo server, for the websocket example.
+    let chat_ws: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "chat-ws", "namespace": NS, "labels": {"app": "chat-ws"}},
+        "spec": {"automountServiceAccountToken": false, "containers": [{
+            "name": "chat-ws", "image": "murmuration/agent:dev",
+            "args": ["demo-server", "websocket", "--listen", "$(POD_IP):8765", "--threads", "1"],
+            "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+            "readinessProbe": {"tcpSocket": {"port": 8765}, "periodSeconds": 1}
+        }]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &chat_ws).await.unwrap();
+    let svc: Service = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "chat-ws", "namespace": NS},
+        "spec": {"selector": {"app": "chat-ws"}, "ports": [{"port": 8765, "targetPort": 8765, "protocol": "TCP"}]}
+    }))
+    .unwrap();
+    Api::<Service>::namespaced(admin.clone(), NS)
+        .create(&PostParams::default(), &svc)
+        .await
+        .unwrap();
     let examples = binaries::workspace_root().join("manifests/examples");
     let http_example = std::fs::read_to_string(examples.join("http.yaml"))
         .unwrap()
@@ -655,9 +677,16 @@ spec:
     let chat_example = std::fs::read_to_string(examples.join("messaging.yaml"))
         .unwrap()
         .replace("messaging.default.svc", &format!("messaging.{NS}.svc"));
-    // One after the other: both at once would load the two cores of CI beyond what the
+    let ws_example = std::fs::read_to_string(examples.join("websocket.yaml"))
+        .unwrap()
+        .replace("chat-ws.default.svc", &format!("chat-ws.{NS}.svc"));
+    // One after the other: all at once would load the two cores of CI beyond what the
     // messaging example's error threshold allows for.
-    for (name, example) in [("checkout", &http_example), ("chat", &chat_example)] {
+    for (name, example) in [
+        ("checkout", &http_example),
+        ("chat", &chat_example),
+        ("ws-chat", &ws_example),
+    ] {
         manifests::apply_yaml(&admin, example, NS).await?;
         let st = wait_finished(&tests, &kubelet, name, Duration::from_secs(120)).await?;
         assert_eq!(st["result"], "Passed", "example {name}: {st}");
