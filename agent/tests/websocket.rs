@@ -432,7 +432,7 @@ spec:
 #[test]
 fn the_soft_open_files_limit_is_raised_and_a_hard_one_is_explained_once() {
     // A low soft limit under a sufficient hard one: raised, every user connects.
-    let o = run_under_ulimit("ulimit -Hn 4096 && ulimit -Sn 128");
+    let o = run_under_ulimit("ulimit -Sn 128 && ulimit -Hn 4096");
     assert_eq!(o.status.code(), Some(0), "{}", text_of(&o));
     // A hard limit too low for the users: said once, with the limit and how to raise it;
     // the connects that fail are counted.
