@@ -213,6 +213,9 @@ async fn connect(config: &ClientConfig, origin: &Origin) -> Result<Conn, ClientE
     let tcp = TcpStream::connect((host, origin.port()))
         .await
         .map_err(|e| {
+            if crate::limits::is_out_of_files(&e) {
+                crate::limits::tell_out_of_files(&e);
+            }
             ClientError::new(
                 ErrorKind::Connect,
                 format!("connect to {}: {e}", origin.authority),

@@ -395,3 +395,57 @@ async fn the_demo_server_echoes_and_broadcasts_to_rooms() {
         serde_json::json!({"left": "r", "members": 1})
     );
 }
+
+/// `murmur run` with 300 connected users and the demo server in one process (about 600
+/// descriptors), under the open-files limits `limits` (a `ulimit` command).
+fn run_under_ulimit(limits: &str) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("idle.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: murmuration.dev/v1alpha1
+kind: LoadTest
+metadata: {name: fds}
+spec:
+  users: 300
+  repeat: {times: 1}
+  scenario:
+    websocket:
+      steps:
+        - connect: {url: \"{{vars.target}}/\"}
+        - think: {duration: 1s}
+        - close: {}
+",
+    )
+    .unwrap();
+    let script =
+        format!("{limits} && exec \"$0\" run \"$1\" --demo-server websocket --plain --out \"$2\"");
+    Command::new("bash")
+        .args(["-c", &script, MURMUR])
+        .arg(&file)
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_soft_open_files_limit_is_raised_and_a_hard_one_is_explained_once() {
+    // A low soft limit under a sufficient hard one: raised, every user connects.
+    let o = run_under_ulimit("ulimit -Sn 128 && ulimit -Hn 4096");
+    assert_eq!(o.status.code(), Some(0), "{}", text_of(&o));
+    // A hard limit too low for the users: said once, with the limit and how to raise it;
+    // the connects that fail are counted.
+    let o = run_under_ulimit("ulimit -Sn 256 && ulimit -Hn 256");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.matches("RLIMIT_NOFILE").count(), 1, "{}", text_of(&o));
+    assert!(
+        err.contains("hard 256") && err.contains("ulimit -Hn"),
+        "{err}"
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("(connect "),
+        "failed connects are counted:\n{out}"
+    );
+}

@@ -82,6 +82,9 @@ impl Scenario for MessagingUsers {
         {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
+                if crate::limits::is_out_of_files(&e) {
+                    crate::limits::tell_out_of_files(&e);
+                }
                 user.record(st.connect, started, Some(ErrorKind::Connect));
                 return Err(fail(ErrorKind::Connect, format!("{address}: {e}")));
             }
