@@ -22,7 +22,7 @@ use parking_lot::Mutex;
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::Message;
 
 /// Members of each room: connection number → its outgoing queue.
@@ -190,22 +190,26 @@ fn leave(rooms: &Rooms, room: &str, me: u64) -> usize {
     n
 }
 
+/// Takes the first subprotocol a client offers, whatever it is (the signature, with its
+/// large error type, is tungstenite's handshake callback).
+#[allow(clippy::result_large_err)]
+fn pick_subprotocol(req: &Request, mut resp: Response) -> Result<Response, ErrorResponse> {
+    let first = req
+        .headers()
+        .get("sec-websocket-protocol")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .and_then(|p| http::HeaderValue::from_str(p.trim()).ok());
+    if let Some(p) = first {
+        resp.headers_mut().insert("sec-websocket-protocol", p);
+    }
+    Ok(resp)
+}
+
 async fn session(stream: TcpStream, me: u64, rooms: Rooms) {
     let config = crate::scenario::websocket::ws_config();
-    // The first subprotocol offered is taken, whatever it is.
-    let pick = |req: &Request, mut resp: Response| {
-        let first = req
-            .headers()
-            .get("sec-websocket-protocol")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .and_then(|p| http::HeaderValue::from_str(p.trim()).ok());
-        if let Some(p) = first {
-            resp.headers_mut().insert("sec-websocket-protocol", p);
-        }
-        Ok(resp)
-    };
-    let accepted = tokio_tungstenite::accept_hdr_async_with_config(stream, pick, Some(config));
+    let accepted =
+        tokio_tungstenite::accept_hdr_async_with_config(stream, pick_subprotocol, Some(config));
     let Ok(mut ws) = accepted.await else {
         return;
     };
