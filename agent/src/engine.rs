@@ -25,15 +25,16 @@ use crate::metrics::{
     encode_histogram, errors_by_kind, Percentiles, Period, StepNames, StepStats, WorkerMetrics,
 };
 use crate::plan::{ScenarioPlan, TestPlan};
+use crate::registry::{DynScenario, Registry};
 use crate::report::{
     CoordinatorSummary, Outcome, Report, SeriesPoint, StepSummary, ThrottleSummary, UserSummary,
     REPORT_FORMAT,
 };
-use crate::scenario::{
-    DynScenario, InitContext, Registry, RunningScenario, ScenarioError, TestEnv, User, UserId, Vars,
-};
+use crate::scenario::{InitContext, ScenarioError, TestEnv, User, UserId, Vars};
 use crate::throttle::Throttles;
-use crate::users::{revive, stop_slot, Shared, UserRun, UserSlot, WorkerCtx, RUNNING};
+use crate::users::{
+    revive, stop_slot, RunningScenario, Shared, UserRun, UserSlot, WorkerCtx, RUNNING,
+};
 
 /// How long users get to finish their iteration when the test ends or is stopped, before
 /// they are aborted.
