@@ -16,7 +16,8 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use murmuration_agent::metrics::{ErrorKind, StepId};
-use murmuration_agent::scenario::{InitContext, Registry, Scenario, ScenarioError, User};
+use murmuration_agent::registry::Registry;
+use murmuration_agent::scenario::{InitContext, Scenario, ScenarioError, User};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 

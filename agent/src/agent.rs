@@ -35,7 +35,8 @@ use crate::engine::{now_ms, Engine, EngineError};
 use crate::metrics::Period;
 use crate::metrics::StepNames;
 use crate::plan::{plan_from_text, TestPlan};
-use crate::scenario::{Registry, TestEnv, UserId, Vars};
+use crate::registry::Registry;
+use crate::scenario::{TestEnv, UserId, Vars};
 use crate::throttle::{Limit, Throttle, Throttles};
 use crate::wire::{
     read_frame, write_frame, AgentPoint, FromAgent, Ids, Memo, ThrottleDemand, ToAgent, WireError,

@@ -14,8 +14,8 @@ use tokio::sync::mpsc;
 use crate::engine::{run_test, Command, EngineOptions};
 use crate::plan::load_plan_with_vars;
 use crate::progress::{Progress, ProgressTarget};
+use crate::registry::Registry;
 use crate::report::Outcome;
-use crate::scenario::Registry;
 
 mod cluster;
 

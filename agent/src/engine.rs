@@ -25,14 +25,15 @@ use crate::arrivals::{ArrivalRunner, IdSource};
 use crate::coordinator::Coordinators;
 use crate::metrics::{Period, StepNames, WorkerMetrics};
 use crate::plan::{ScenarioPlan, TestPlan};
+use crate::registry::{DynScenario, Registry};
 use crate::report::Report;
-use crate::scenario::{
-    DynScenario, InitContext, Registry, RunningScenario, ScenarioError, TestEnv, User, UserId, Vars,
-};
+use crate::scenario::{InitContext, ScenarioError, TestEnv, User, UserId, Vars};
 pub use crate::tally::{build_report, profile_name, series_point, ReportParts, Tally};
 use crate::tally::{coordinator_summaries, throttle_summaries};
 use crate::throttle::Throttles;
-use crate::users::{revive, stop_slot, Shared, UserRun, UserSlot, WorkerCtx, RUNNING};
+use crate::users::{
+    revive, stop_slot, RunningScenario, Shared, UserRun, UserSlot, WorkerCtx, RUNNING,
+};
 
 /// How long users get to finish their iteration when the test ends or is stopped, before
 /// they are aborted.

@@ -4,7 +4,7 @@
 //! bundled demo targets, and the `murmur` command line.
 //!
 //! Custom scenarios: implement [`scenario::Scenario`], register it in a
-//! [`scenario::Registry`], and call [`cli::main_with`] from your own `main` (see
+//! [`registry::Registry`], and call [`cli::main_with`] from your own `main` (see
 //! `examples/`).
 #![warn(missing_docs)]
 
@@ -15,12 +15,13 @@ pub mod client;
 pub mod coordinator;
 pub mod demo;
 pub mod engine;
-pub mod limits;
 mod json_stream;
+pub mod limits;
 pub mod master;
 pub mod metrics;
 pub mod plan;
 pub mod progress;
+pub mod registry;
 pub mod report;
 pub mod scenario;
 pub mod tally;

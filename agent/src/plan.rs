@@ -10,7 +10,8 @@ pub use murmuration_model::{
 
 use murmuration_model::CustomScenarios;
 
-use crate::scenario::{Registry, Vars};
+use crate::registry::Registry;
+use crate::scenario::Vars;
 
 /// Reads a manifest file and builds its plan, with errors naming document and field.
 pub fn load_plan(path: &str, registry: &Registry) -> Result<TestPlan, ManifestError> {

@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
 use crate::metrics::WorkerMetrics;
-use crate::scenario::{Bound, RunningScenario, Scenario, ScenarioError, TestEnv, User, UserId};
+use crate::scenario::{BoxFuture, Scenario, ScenarioError, TestEnv, User, UserId};
 
 pub use murmuration_model::RepeatPlan;
 
@@ -205,4 +205,29 @@ pub(crate) fn revive(ctx: &WorkerCtx, id: UserId) -> bool {
     }
     users.remove(&id);
     false
+}
+
+/// A scenario after `init`: what the engine runs per user.
+pub(crate) trait RunningScenario: Send + Sync + 'static {
+    /// The whole life of one user: its iterations, as the engine's user loop runs them.
+    /// One allocation per user, none per iteration: the loop is compiled for each scenario.
+    fn user(self: Arc<Self>, user: User, run: UserRun) -> BoxFuture<'static, ()>;
+    /// End of test.
+    fn terminate(&self) -> BoxFuture<'_, ()>;
+}
+
+/// A scenario with its state, as `init` left it.
+pub(crate) struct Bound<S: Scenario> {
+    pub(crate) scenario: Arc<S>,
+    pub(crate) state: S::State,
+}
+
+impl<S: Scenario> RunningScenario for Bound<S> {
+    fn user(self: Arc<Self>, user: User, run: UserRun) -> BoxFuture<'static, ()> {
+        // `run` owns everything it needs, so the user's future stores each thing once.
+        Box::pin(run.run(self, user))
+    }
+    fn terminate(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.scenario.terminate(&self.state))
+    }
 }

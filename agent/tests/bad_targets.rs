@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use murmuration_agent::engine::{run_test, EngineOptions};
 use murmuration_agent::plan::build_plan;
+use murmuration_agent::registry::Registry;
 use murmuration_agent::report::Report;
-use murmuration_agent::scenario::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;

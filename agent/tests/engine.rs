@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use murmuration_agent::engine::{run_test, Command, EngineOptions};
 use murmuration_agent::plan::{build_plan, TestPlan};
+use murmuration_agent::registry::Registry;
 use murmuration_agent::report::Report;
-use murmuration_agent::scenario::{InitContext, Registry, Scenario, ScenarioError, User};
+use murmuration_agent::scenario::{InitContext, Scenario, ScenarioError, User};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 

@@ -2,7 +2,7 @@
 //! the document, the field and the reason.
 
 use murmuration_agent::plan::{load_plan, parse_manifests, ManifestError};
-use murmuration_agent::scenario::Registry;
+use murmuration_agent::registry::Registry;
 use std::path::PathBuf;
 
 fn examples() -> Vec<PathBuf> {

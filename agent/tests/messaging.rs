@@ -7,7 +7,7 @@ use std::time::Duration;
 use murmuration_agent::demo::messaging::MessagingDemo;
 use murmuration_agent::engine::{run_test, EngineOptions};
 use murmuration_agent::plan::build_plan;
-use murmuration_agent::scenario::Registry;
+use murmuration_agent::registry::Registry;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;

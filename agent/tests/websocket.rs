@@ -13,8 +13,9 @@ use futures::{SinkExt, StreamExt};
 use murmuration_agent::demo::websocket::WebSocketDemo;
 use murmuration_agent::engine::{run_test, EngineOptions};
 use murmuration_agent::plan::plan_from_text;
+use murmuration_agent::registry::Registry;
 use murmuration_agent::report::Report;
-use murmuration_agent::scenario::{Registry, Vars};
+use murmuration_agent::scenario::Vars;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 

@@ -511,8 +511,10 @@ pub struct Threshold {
     /// What is measured: `latency.p50`, `latency.p90`, `latency.p95`, `latency.p99`,
     /// `latency.p999`, `latency.max`, `latency.mean`, `errors.ratio`, `errors.count`,
     /// `requests.count` or `requests.rate` (per second).
+    // The model's list of metrics (`murmuration_model::thresholds::METRICS`), as a pattern;
+    // a test of the model checks that the two agree.
     #[schemars(regex(
-        pattern = r"^(latency\.(p50|p90|p95|p99|p999|max|mean)|errors\.(ratio|count)|requests\.(count|rate))$"
+        pattern = r"^(latency\.p50|latency\.p90|latency\.p95|latency\.p99|latency\.p999|latency\.max|latency\.mean|errors\.ratio|errors\.count|requests\.count|requests\.rate)$"
     ))]
     pub metric: String,
 

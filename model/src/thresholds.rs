@@ -198,6 +198,27 @@ mod tests {
     }
 
     #[test]
+    fn the_crd_schema_allows_exactly_these_metrics() {
+        let expected = format!(
+            "^({})$",
+            METRICS
+                .iter()
+                .map(|(n, _)| n.replace('.', "\\."))
+                .collect::<Vec<_>>()
+                .join("|")
+        );
+        let (_, crd) = murmuration_crds::crd::all()
+            .into_iter()
+            .find(|(f, _)| f.starts_with("loadtests"))
+            .unwrap();
+        let crd = serde_json::to_value(crd).unwrap();
+        let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        let metric = &schema["properties"]["spec"]["properties"]["thresholds"]["items"]
+            ["properties"]["metric"];
+        assert_eq!(metric["pattern"], expected.as_str());
+    }
+
+    #[test]
     fn bad_thresholds_name_the_field() {
         let cases = [
             (

@@ -197,8 +197,10 @@ fn status_from_the_master_and_its_transitions() {
         done_condition(&finished),
         Some(("True".into(), "Failed".into()))
     );
-    assert!(finished.conditions.iter().any(|c| c.type_ == "Finished"
-        && c.message.contains("thresholds failed: latency.p99")));
+    assert!(finished
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Finished" && c.message.contains("thresholds failed: latency.p99")));
     assert_eq!(
         done_condition(lt.status.as_ref().unwrap()),
         Some(("False".into(), "NotFinished".into()))

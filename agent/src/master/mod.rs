@@ -30,8 +30,9 @@ use murmuration_crds::{CoordinatorSpec, ThrottleSpec};
 use murmuration_model::CustomScenarios;
 
 use crate::plan::{ManifestError, Manifests};
+use crate::registry::Registry;
 use crate::report::Report;
-use crate::scenario::{Registry, Vars};
+use crate::scenario::Vars;
 use crate::wire::{read_frame, write_frame, FromAgent, ToAgent, FRAME_TIMEOUT};
 use state::{Core, MasterOptions};
 

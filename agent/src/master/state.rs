@@ -1539,7 +1539,7 @@ pub fn fair_shares(rate: u64, demand: &[(String, u64)]) -> BTreeMap<String, u64>
 mod tests {
     use super::*;
     use crate::plan::plan_from_text;
-    use crate::scenario::Registry;
+    use crate::registry::Registry;
 
     const TEST: &str = "apiVersion: murmuration.dev/v1alpha1
 kind: LoadTest

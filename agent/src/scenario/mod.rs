@@ -27,7 +27,6 @@ pub mod messaging;
 pub mod websocket;
 
 use std::any::Any;
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -316,92 +315,5 @@ impl User {
     /// Stores per-user scenario state (connections, sessions) until the next iteration.
     pub fn put_extension<T: Any + Send>(&mut self, value: Box<T>) {
         self.extension = Some(value);
-    }
-}
-
-/// A scenario behind a trait object, as the engine stores it.
-pub(crate) trait DynScenario: Send + Sync + 'static {
-    /// Runs `init`, returning the scenario bound to its state.
-    fn init<'a>(
-        &'a self,
-        ctx: &'a InitContext,
-    ) -> BoxFuture<'a, Result<Arc<dyn RunningScenario>, ScenarioError>>;
-}
-
-/// A scenario after `init`: what the engine runs per user.
-pub(crate) trait RunningScenario: Send + Sync + 'static {
-    /// The whole life of one user: its iterations, as the engine's user loop runs them.
-    /// One allocation per user, none per iteration: the loop is compiled for each scenario.
-    fn user(self: Arc<Self>, user: User, run: crate::users::UserRun) -> BoxFuture<'static, ()>;
-    /// End of test.
-    fn terminate(&self) -> BoxFuture<'_, ()>;
-}
-
-/// A scenario with its state, as `init` left it.
-pub(crate) struct Bound<S: Scenario> {
-    pub(crate) scenario: Arc<S>,
-    pub(crate) state: S::State,
-}
-
-impl<S: Scenario> RunningScenario for Bound<S> {
-    fn user(self: Arc<Self>, user: User, run: crate::users::UserRun) -> BoxFuture<'static, ()> {
-        // `run` owns everything it needs, so the user's future stores each thing once.
-        Box::pin(run.run(self, user))
-    }
-    fn terminate(&self) -> BoxFuture<'_, ()> {
-        Box::pin(self.scenario.terminate(&self.state))
-    }
-}
-
-impl<S: Scenario> DynScenario for Arc<S> {
-    fn init<'a>(
-        &'a self,
-        ctx: &'a InitContext,
-    ) -> BoxFuture<'a, Result<Arc<dyn RunningScenario>, ScenarioError>> {
-        Box::pin(async move {
-            let state = Scenario::init(&**self, ctx).await?;
-            Ok(Arc::new(Bound {
-                scenario: self.clone(),
-                state,
-            }) as Arc<dyn RunningScenario>)
-        })
-    }
-}
-
-/// Custom scenarios by name: what `scenario: {custom: {name: ...}}` selects. Build your own
-/// `murmur` binary with [`crate::cli::main_with`] and a registry holding your scenarios.
-#[derive(Default, Clone)]
-pub struct Registry {
-    scenarios: HashMap<String, Arc<dyn DynScenario>>,
-}
-
-impl Registry {
-    /// An empty registry (the built-in `http` and `messaging` scenarios need no entry).
-    pub fn new() -> Registry {
-        Registry::default()
-    }
-
-    /// Registers `scenario` under `name`.
-    pub fn register<S: Scenario>(mut self, name: &str, scenario: S) -> Registry {
-        self.scenarios
-            .insert(name.to_owned(), Arc::new(Arc::new(scenario)));
-        self
-    }
-
-    /// The scenario registered under `name`.
-    pub(crate) fn get(&self, name: &str) -> Option<Arc<dyn DynScenario>> {
-        self.scenarios.get(name).cloned()
-    }
-
-    /// Whether a scenario is registered under `name`.
-    pub fn contains(&self, name: &str) -> bool {
-        self.scenarios.contains_key(name)
-    }
-
-    /// Registered names, sorted (for error messages).
-    pub fn names(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.scenarios.keys().cloned().collect();
-        v.sort();
-        v
     }
 }

@@ -31,11 +31,11 @@ use tokio_util::either::Either;
 
 use crate::client::ClientConfig;
 use crate::metrics::{ErrorKind, StepId};
+use crate::scenario::{InitContext, Scenario, ScenarioError, User};
+use crate::throttle::Permit;
 use murmuration_model::websocket::{
     parse_url, ConnectStep, Outgoing, ReceiveStep, SendStep, WebSocketPlan, WsStep, WsUrl,
 };
-use crate::scenario::{InitContext, Scenario, ScenarioError, User};
-use crate::throttle::Permit;
 
 /// Messages a user keeps for later receives; the oldest go first.
 pub const INBOX: usize = 64;

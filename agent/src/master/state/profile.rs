@@ -228,7 +228,8 @@ mod tests {
     use super::*;
     use crate::master::state::{MasterOptions, RECONNECT_GRACE};
     use crate::plan::plan_from_text;
-    use crate::scenario::{Registry, Vars};
+    use crate::registry::Registry;
+    use crate::scenario::Vars;
     use crate::wire::{FromAgent, Ids};
 
     fn core(spec: &str, now: Instant) -> Core {
