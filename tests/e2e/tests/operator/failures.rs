@@ -1,11 +1,103 @@
-//! Masters that do not start: the test fails, saying why.
+//! Tests that fail: a failed threshold as CI sees it, and masters that do not start,
+//! saying why.
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use murmuration_e2e::manifests;
+use murmuration_e2e::util::scaled;
 use murmuration_e2e::Result;
 
 use crate::support::*;
+
+/// CI: `murmur wait` follows a test whose threshold fails and exits 1, with its JUnit XML
+/// naming the failed threshold; kubectl's wait sees condition Finished with reason Failed.
+pub async fn failed_threshold_in_ci(c: &Cluster) -> Result<()> {
+    let Cluster {
+        cp,
+        admin,
+        murmur,
+        tests,
+        ..
+    } = c;
+    // CI: `murmur wait` follows a test whose threshold fails and exits 1, with its JUnit
+    // XML naming the failed threshold; kubectl's wait sees reason Failed.
+    let ci = format!(
+        "apiVersion: murmuration.dev/v1alpha1
+kind: LoadTest
+metadata: {{name: ci, namespace: {NS}}}
+spec:
+  users: 1
+  agents: 1
+  duration: 3s
+  cleanup: {{policy: Always}}
+  scenario:
+    http:
+      baseUrl: http://demo.{NS}.svc:8080
+      steps:
+        - request: {{name: home, path: /}}
+  thresholds:
+    - {{metric: errors.ratio, max: \"0.01\"}}
+    - {{metric: requests.count, step: home, max: \"1\"}}
+"
+    );
+    manifests::apply_yaml(admin, &ci, NS).await?;
+    let out = tempfile::tempdir().unwrap();
+    let junit = out.path().join("ci.xml");
+    let waited = Command::new(murmur)
+        .args(["wait", "ci", "-n", NS, "--plain", "--progress-every", "1"])
+        .args([
+            "--timeout",
+            &format!("{}s", scaled(Duration::from_secs(90)).as_secs()),
+        ])
+        .arg("--junit")
+        .arg(&junit)
+        .env("KUBECONFIG", cp.admin_kubeconfig())
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&waited.stdout),
+        String::from_utf8_lossy(&waited.stderr)
+    );
+    assert_eq!(waited.status.code(), Some(1), "murmur wait: {said}");
+    assert!(said.contains("result: FAILED"), "{said}");
+    assert!(said.contains("✗ requests.count of home"), "{said}");
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(
+        xml.contains("tests=\"2\" failures=\"1\""),
+        "two cases, one failed: {xml}"
+    );
+    assert!(
+        xml.contains("<testcase name=\"requests.count of home ≤ 1\"")
+            && xml.contains("<failure message=\"observed"),
+        "{xml}"
+    );
+    kubectl(
+        cp,
+        &[
+            "wait",
+            "-n",
+            NS,
+            "--for=condition=Finished",
+            "--timeout=10s",
+            "lt/ci",
+        ],
+    );
+    let st = status_of(tests, "ci").await.unwrap();
+    assert!(
+        st["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["type"] == "Finished" && c["reason"] == "Failed"),
+        "{st}"
+    );
+    kubectl(cp, &["delete", "-n", NS, "lt/ci"]);
+    assert_nothing_left(admin, "ci").await?;
+
+    Ok(())
+}
 
 /// A test whose master never answers (an image this cluster cannot run): Failed once its
 /// start barrier and the operator's grace are over, with the master pod's state.

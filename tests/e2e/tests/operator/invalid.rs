@@ -11,9 +11,9 @@ use murmuration_e2e::Result;
 use crate::support::*;
 
 /// What the schema refuses never gets in; an invalid LoadTest gets condition `Invalid` and an
-/// Event naming the field, and nothing is created; fixed, it runs to the end and keeps its
-/// result and report (`murmur report`) after its pods are gone; `kubectl delete` leaves
-/// nothing behind.
+/// Event naming the field, and nothing is created; fixed, `kubectl wait
+/// --for=condition=Finished` returns when it ends, and it keeps its result and report
+/// (`murmur report`) after its pods are gone; `kubectl delete` leaves nothing behind.
 pub async fn invalid_then_fixed(c: &Cluster) -> Result<()> {
     let Cluster {
         cp,
@@ -110,7 +110,29 @@ spec:
         .replace("        - throttle: nowhere\n", "")
         .replace("  duration: 3s\n", "  duration: 3s\n  cleanup: {policy: Always}\n  thresholds:\n    - {metric: errors.ratio, max: \"0.01\"}\n");
     manifests::apply_yaml(admin, &fixed, NS).await?;
-    let st = wait_finished(tests, kubelet, "bad", Duration::from_secs(90)).await?;
+    // What a CI pipeline does: kubectl waits for condition Finished, whose reason is the
+    // result.
+    kubectl(
+        cp,
+        &[
+            "wait",
+            "-n",
+            NS,
+            "--for=condition=Finished",
+            &format!("--timeout={}s", scaled(Duration::from_secs(90)).as_secs()),
+            "lt/bad",
+        ],
+    );
+    let st = wait_finished(tests, kubelet, "bad", Duration::from_secs(10)).await?;
+    let finished = st["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Finished")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(finished["status"], "True", "{st}");
+    assert_eq!(finished["reason"], "Passed", "{st}");
     assert_eq!(st["phase"], "Succeeded", "{st}");
     assert_eq!(st["result"], "Passed", "{st}");
     assert_eq!(st["thresholds"][0]["passed"], true, "{st}");

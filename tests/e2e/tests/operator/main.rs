@@ -6,17 +6,22 @@
 //! - [`running`]: a LoadTest applied with kubectl runs all its users on two agents;
 //!   `kubectl scale`, `kubectl patch` of `spec.users` and of `spec.agents` (up and down)
 //!   change the running set to exactly 1..N; a deleted agent pod comes back and no user is
-//!   lost or doubled; an edit of a field read at the start gets an `EditIgnored` Event;
-//!   `spec.stop` ends the test with its result and report;
+//!   lost or doubled; an edit of a field read at the start gets an `EditIgnored` Event; a
+//!   real Prometheus scrapes the master and finds the test's request rate, errors by kind
+//!   and latency histogram with their labels; `spec.stop` ends the test with its result
+//!   and report;
 //! - [`parts`]: a Throttle edited live changes the measured rate, and a Coordinator's
 //!   status shows its groups, without the operator's own status writes making it reconcile
 //!   in a loop or apply the test's objects again;
-//! - [`examples`]: the examples run to Passed;
+//! - [`examples`]: the examples (http, messaging, WebSocket) run to Passed;
 //! - [`invalid`]: an invalid LoadTest is refused by the schema or creates nothing, and
-//!   recovers when fixed; a finished test keeps its result and its report (`murmur
-//!   report`) after its pods are gone; `kubectl delete` leaves nothing behind;
-//! - [`failures`]: a master that never answers fails its test with the pod's state; a
-//!   master that exits at start fails it within the grace with its own message;
+//!   recovers when fixed; `kubectl wait --for=condition=Finished` returns when it ends; a
+//!   finished test keeps its result and its report (`murmur report`) after its pods are
+//!   gone; `kubectl delete` leaves nothing behind;
+//! - [`failures`]: `murmur wait` exits 1 on a failed threshold, with its JUnit XML, and
+//!   kubectl's wait sees reason Failed; a master that never answers fails its test with the
+//!   pod's state; a master that exits at start fails it within the grace with its own
+//!   message;
 //! - [`lifecycle`]: `cleanup.policy: Never` keeps the pods and the TTL takes the test;
 //!   twenty tests at once (the operator's memory);
 //! - [`resilience`]: the operator killed (SIGKILL) three times while its test is scaled
@@ -67,6 +72,11 @@ async fn the_operator_runs_scales_and_cleans_up_load_tests() -> Result<()> {
     step("parts", parts::throttles_and_coordinators_live(&c)).await?;
     step("examples", examples::examples_pass(&c)).await?;
     step("invalid", invalid::invalid_then_fixed(&c)).await?;
+    step(
+        "failed threshold in CI",
+        failures::failed_threshold_in_ci(&c),
+    )
+    .await?;
     step("master never answers", failures::master_never_answers(&c)).await?;
     step("master exits at start", failures::master_exits_at_start(&c)).await?;
     step("cleanup and ttl", lifecycle::cleanup_and_ttl(&c)).await?;

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DeleteParams};
 use murmuration_e2e::manifests;
+use murmuration_e2e::prometheus::{Prometheus, ScrapeJob};
 use murmuration_e2e::util::{poll_until, scaled};
 use murmuration_e2e::Result;
 
@@ -13,8 +14,9 @@ use crate::support::*;
 /// `kubectl apply`: Running with all its users on two agents, each id once; `kubectl scale`
 /// and `kubectl patch` of `spec.users` and `spec.agents` (up and down) change the running
 /// set to exactly 1..N; a deleted agent pod comes back and no user is lost or doubled; an
-/// edit of a field read at the start gets an `EditIgnored` Event; `spec.stop` ends the test
-/// with its result and report.
+/// edit of a field read at the start gets an `EditIgnored` Event; a real Prometheus scrapes
+/// the master and finds the test's request rate, errors by kind and latency histogram with
+/// their labels; `spec.stop` ends the test with its result and report.
 pub async fn runs_scales_and_stops(c: &Cluster) -> Result<()> {
     let Cluster {
         cp,
@@ -41,6 +43,17 @@ pub async fn runs_scales_and_stops(c: &Cluster) -> Result<()> {
         assert!(table.contains(column), "no column {column}: {table}");
     }
     assert!(table.contains("Running"), "{table}");
+    // A real Prometheus scrapes the master (its /metrics needs no token) at the address
+    // the kubelet gave it, every second, while the test is scaled below.
+    let master_ip = kubelet
+        .pod_ip(NS, "shop-master")
+        .expect("the master's pod IP");
+    let prom = Prometheus::start(&[ScrapeJob {
+        name: "murmuration-masters".into(),
+        targets: vec![format!("{master_ip}:8080")],
+        interval_s: 1,
+    }])
+    .await?;
     poll_until(
         "a request rate in the status",
         scaled(Duration::from_secs(20)),
@@ -181,6 +194,42 @@ pub async fn runs_scales_and_stops(c: &Cluster) -> Result<()> {
     let events = events_of(cp, "shop", "", &[]);
     assert!(events.contains("Started"), "{events}");
     assert!(events.contains("Scaled"), "{events}");
+    // Prometheus found the test's request rate, its errors by kind and its latency
+    // histogram, with the labels test, namespace and step.
+    let labels = format!(r#"test="shop",namespace="{NS}",step="home""#);
+    for (what, expr) in [
+        (
+            "the request rate",
+            format!("sum(rate(murmuration_requests_total{{{labels}}}[10s])) > 0"),
+        ),
+        (
+            "the errors by kind",
+            format!(r#"murmuration_errors_total{{{labels},kind="status"}}"#),
+        ),
+        (
+            "the p99 from the latency histogram",
+            format!(
+                "histogram_quantile(0.99, sum by (le) (rate(murmuration_request_duration_seconds_bucket{{{labels}}}[10s]))) > 0"
+            ),
+        ),
+        (
+            "the running users",
+            format!(r#"murmuration_users{{test="shop",namespace="{NS}",state="running"}} > 0"#),
+        ),
+    ] {
+        let found = poll_until(
+            format!("Prometheus: {what}"),
+            scaled(Duration::from_secs(30)),
+            Duration::from_millis(500),
+            &[],
+            || async { prom.query(&expr).filter(|r| !r.is_empty()) },
+        )
+        .await
+        .inspect_err(|_| eprintln!("{}", prom.log()))?;
+        eprintln!("operator: Prometheus: {what}: {}", found[0]["value"]);
+    }
+    drop(prom);
+
     // spec.stop: the test ends as any other (result, report), before its end.
     patch_test(cp, "shop", r#"{"spec":{"stop":"Graceful"}}"#);
     let st = wait_finished(tests, kubelet, "shop", Duration::from_secs(30)).await?;
