@@ -180,8 +180,10 @@ fn follows_the_plan(report: &serde_json::Value) -> Result<usize, String> {
         let Some(planned) = p["planned"].as_f64() else {
             continue;
         };
-        // The ramp's first second, and the final point taken after the users were stopped.
-        if !(1.5..=15.0).contains(&t) {
+        // The ramp's first second, and the profile's last half second: the users of the
+        // ramp down stop gracefully (each finishes its iteration), and the point at its
+        // end (15 s) is taken while the last of them are finishing.
+        if !(1.5..14.5).contains(&t) {
             continue;
         }
         let users = f(&p["users"]);

@@ -14,10 +14,10 @@ spec:
   users: 100
   agents: 2
   scenario:
-http:
-  baseUrl: http://127.0.0.1:9
-  steps:
-    - throttle: shared
+    http:
+      baseUrl: http://127.0.0.1:9
+      steps:
+        - throttle: shared
 ---
 apiVersion: murmuration.dev/v1alpha1
 kind: Throttle
