@@ -374,24 +374,7 @@ impl Compiler {
             return Ok(Step::Coordinate(name.clone()));
         }
         let l = s.loop_.as_ref().expect("counted above");
-        if !top {
-            return Err(FieldError::new(
-                format!("{at}.loop"),
-                "a loop cannot be inside a loop",
-            ));
-        }
-        if l.times < 1 {
-            return Err(FieldError::new(
-                format!("{at}.loop.times"),
-                "must be at least 1",
-            ));
-        }
-        if l.steps.is_empty() {
-            return Err(FieldError::new(
-                format!("{at}.loop.steps"),
-                "needs at least one step",
-            ));
-        }
+        check_loop(at, top, l.times, l.steps.len())?;
         let steps = l
             .steps
             .iter()
@@ -545,6 +528,30 @@ impl Compiler {
 fn think(t: &spec::Think, at: &str) -> Result<Step, FieldError> {
     let (min, max) = think_bounds(t, at)?;
     Ok(Step::Think { min, max })
+}
+
+/// The rules of a `loop` step, shared by the declarative scenarios: only at the top level,
+/// at least one run and at least one step; `at` is the step's field path.
+pub fn check_loop(at: &str, top: bool, times: i64, steps: usize) -> Result<(), FieldError> {
+    if !top {
+        return Err(FieldError::new(
+            format!("{at}.loop"),
+            "a loop cannot be inside a loop",
+        ));
+    }
+    if times < 1 {
+        return Err(FieldError::new(
+            format!("{at}.loop.times"),
+            "must be at least 1",
+        ));
+    }
+    if steps == 0 {
+        return Err(FieldError::new(
+            format!("{at}.loop.steps"),
+            "needs at least one step",
+        ));
+    }
+    Ok(())
 }
 
 /// The shortest and longest pause of a `think` step (equal for a fixed pause); `at` is the

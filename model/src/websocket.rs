@@ -12,7 +12,7 @@ use murmuration_crds::websocket as spec;
 use serde_json_path::JsonPath;
 
 use crate::error::FieldError;
-use crate::http::{header, think_bounds};
+use crate::http::{check_loop, header, think_bounds};
 use crate::template::{JsonTemplate, Template};
 
 /// Default time limit of a connect and of a receive.
@@ -394,24 +394,7 @@ impl Compiler {
             return Ok(WsStep::Coordinate(name.clone()));
         }
         let l = s.loop_.as_ref().expect("counted above");
-        if !top {
-            return Err(FieldError::new(
-                format!("{at}.loop"),
-                "a loop cannot be inside a loop",
-            ));
-        }
-        if l.times < 1 {
-            return Err(FieldError::new(
-                format!("{at}.loop.times"),
-                "must be at least 1",
-            ));
-        }
-        if l.steps.is_empty() {
-            return Err(FieldError::new(
-                format!("{at}.loop.steps"),
-                "needs at least one step",
-            ));
-        }
+        check_loop(at, top, l.times, l.steps.len())?;
         let steps = l
             .steps
             .iter()
