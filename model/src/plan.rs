@@ -12,7 +12,7 @@ use murmuration_crds::{
 };
 
 use crate::error::{FieldError, ManifestError};
-use crate::http::HttpScenario;
+use crate::http::{HttpScenario, PartRef};
 use crate::manifest::{parse_manifests, read_manifests, Manifests};
 use crate::messaging::MessagingPlan;
 use crate::thresholds::Thresholds;
@@ -214,6 +214,32 @@ fn missing_var(field: &str, v: &str) -> FieldError {
     )
 }
 
+/// Every Throttle and Coordinator a step names exists for this test; the error names the
+/// step's own field.
+fn check_parts(
+    parts: &[PartRef],
+    throttles: &[(String, ThrottleSpec)],
+    coordinators: &[(String, CoordinatorSpec)],
+) -> Result<(), FieldError> {
+    for part in parts {
+        let known = match part.kind {
+            "Throttle" => throttles.iter().any(|(n, _)| *n == part.name),
+            _ => coordinators.iter().any(|(n, _)| *n == part.name),
+        };
+        if !known {
+            return Err(FieldError::new(
+                &part.field,
+                format!(
+                    "names {kind} {name:?}, but no {kind} of that name is defined for this test",
+                    kind = part.kind,
+                    name = part.name
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn scenario(
     spec: &LoadTestSpec,
     vars: &Vars,
@@ -235,29 +261,7 @@ fn scenario(
             return Err(missing_var(at, &v));
         }
         w.check_urls(vars)?;
-        let steps = format!("{at}.steps");
-        if let Some(t) = w
-            .throttles()
-            .into_iter()
-            .find(|t| !throttles.iter().any(|(n, _)| n == t))
-        {
-            return Err(FieldError::new(
-                &steps,
-                format!("a throttle step names {t:?}, but no Throttle of that name is defined"),
-            ));
-        }
-        if let Some(c) = w
-            .coordinators()
-            .into_iter()
-            .find(|c| !coordinators.iter().any(|(n, _)| n == c))
-        {
-            return Err(FieldError::new(
-                &steps,
-                format!(
-                    "a coordinate step names {c:?}, but no Coordinator of that name is defined"
-                ),
-            ));
-        }
+        check_parts(&w.parts, throttles, coordinators)?;
         return Ok(ScenarioPlan::WebSocket(w));
     }
     match (&sc.http, &sc.messaging, &sc.custom) {
@@ -266,22 +270,7 @@ fn scenario(
             if let Some(v) = h.vars_used().into_iter().find(|v| !vars.contains_key(v)) {
                 return Err(missing_var("spec.scenario.http", &v));
             }
-            for part in &h.parts {
-                let known = match part.kind {
-                    "Throttle" => throttles.iter().any(|(n, _)| *n == part.name),
-                    _ => coordinators.iter().any(|(n, _)| *n == part.name),
-                };
-                if !known {
-                    return Err(FieldError::new(
-                        &part.field,
-                        format!(
-                            "names {kind} {name:?}, but no {kind} of that name is defined for this test",
-                            kind = part.kind,
-                            name = part.name
-                        ),
-                    ));
-                }
-            }
+            check_parts(&h.parts, throttles, coordinators)?;
             Ok(ScenarioPlan::Http(h))
         }
         (None, Some(m), None) => {

@@ -12,7 +12,7 @@ use murmuration_crds::websocket as spec;
 use serde_json_path::JsonPath;
 
 use crate::error::FieldError;
-use crate::http::{check_loop, header, think_bounds};
+use crate::http::{check_loop, header, think_bounds, PartRef};
 use crate::template::{JsonTemplate, Template};
 
 /// Default time limit of a connect and of a receive.
@@ -27,6 +27,8 @@ pub struct WebSocketPlan {
     pub timeout: Duration,
     /// The steps, in order.
     pub steps: Vec<WsStep>,
+    /// The Throttles and Coordinators its steps name, with the field naming each.
+    pub parts: Vec<PartRef>,
     /// Names of the measured steps; a step's `index` points here (steps of the same name
     /// share a row of the report).
     pub names: Vec<String>,
@@ -143,6 +145,7 @@ impl WebSocketPlan {
             names: Vec::new(),
             sends: Vec::new(),
             connected: false,
+            parts: Vec::new(),
         };
         let steps = s
             .steps
@@ -154,6 +157,7 @@ impl WebSocketPlan {
             insecure: s.insecure_skip_verify,
             timeout,
             steps,
+            parts: c.parts,
             names: c.names,
         })
     }
@@ -305,6 +309,7 @@ struct Compiler {
     sends: Vec<usize>,
     /// Whether a connect came before (in the order steps are written).
     connected: bool,
+    parts: Vec<PartRef>,
 }
 
 impl Compiler {
@@ -382,6 +387,11 @@ impl Compiler {
                     "names no throttle",
                 ));
             }
+            self.parts.push(PartRef {
+                field: format!("{at}.throttle"),
+                kind: "Throttle",
+                name: name.clone(),
+            });
             return Ok(WsStep::Throttle(name.clone()));
         }
         if let Some(name) = &s.coordinate {
@@ -391,6 +401,11 @@ impl Compiler {
                     "names no coordinator",
                 ));
             }
+            self.parts.push(PartRef {
+                field: format!("{at}.coordinate"),
+                kind: "Coordinator",
+                name: name.clone(),
+            });
             return Ok(WsStep::Coordinate(name.clone()));
         }
         let l = s.loop_.as_ref().expect("counted above");
