@@ -360,3 +360,82 @@ fn missing_agents_fail_the_test_with_a_reason() {
     assert_eq!(st.result, Some(TestResult::Failed));
     assert_eq!(st.users.started, 0, "no user started");
 }
+
+/// A restarted master hears from the agents one by one; those not back yet still grant at
+/// the shares the former master gave them. So no share is raised until every agent is
+/// back: what the agents may grant together never exceeds the limit across the restart.
+#[test]
+fn a_restarted_master_raises_no_share_before_every_agent_is_back() {
+    let t0 = Instant::now();
+    let mut old = core(t0);
+    old.hello(1, hello("a", &[]), t0).unwrap();
+    old.hello(2, hello("b", &[]), t0).unwrap();
+    old.tick(t0);
+    for n in ["a", "b"] {
+        old.agents
+            .get_mut(n)
+            .unwrap()
+            .demand
+            .insert("shared".into(), UNBOUNDED);
+    }
+    old.tick(t0 + Duration::from_secs(3));
+    let held = old.throttles["shared"].shares.clone();
+    assert_eq!(held.values().sum::<u64>(), 1000, "{held:?}");
+    let memo = old.memo.clone();
+    // The new master: a says hello first, with the memo and the share it holds.
+    let back = |name: &str, memo: Option<Memo>| {
+        let FromAgent::Hello {
+            name,
+            running,
+            ended,
+            points,
+            throttles,
+            ..
+        } = hello(name, &[])
+        else {
+            unreachable!()
+        };
+        FromAgent::Hello {
+            shares: [("shared".to_string(), held[&name])].into(),
+            name,
+            running,
+            ended,
+            memo,
+            points,
+            throttles,
+            ids_left: 0,
+        }
+    };
+    let t1 = t0 + Duration::from_secs(10);
+    let mut new = core(t1);
+    let mut given: BTreeMap<String, u64> = held.clone();
+    let take = |out: Outbox, given: &mut BTreeMap<String, u64>| {
+        for (agent, msg) in out {
+            if let ToAgent::Shares { shares } = msg {
+                given.insert(agent, shares["shared"]);
+            }
+        }
+    };
+    take(new.hello(1, back("a", Some(memo)), t1).unwrap(), &mut given);
+    new.agents
+        .get_mut("a")
+        .unwrap()
+        .demand
+        .insert("shared".into(), UNBOUNDED);
+    for ms in [100, 500, 1000, 2000] {
+        take(new.tick(t1 + Duration::from_millis(ms)), &mut given);
+        assert!(
+            given["a"] <= held["a"],
+            "a raised to {} while b still grants at {}",
+            given["a"],
+            held["b"]
+        );
+    }
+    // b is back: the shares may move again, within the limit.
+    let t2 = t1 + Duration::from_millis(2500);
+    take(new.hello(2, back("b", None), t2).unwrap(), &mut given);
+    for ms in [0, 100, 2000, 4000] {
+        take(new.tick(t2 + Duration::from_millis(ms)), &mut given);
+        assert!(given.values().sum::<u64>() <= 1000, "{given:?}");
+    }
+}

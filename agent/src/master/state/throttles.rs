@@ -19,6 +19,10 @@ impl Core {
             // (whose share would then stay reserved for a window).
             return Outbox::new();
         }
+        // A restarted master knows the shares of the agents that said hello again, not of
+        // those still on their way back, which keep granting at what the former master gave
+        // them: until every agent is back (or given up), shares are lowered, never raised.
+        let recovering = self.recovering_until.is_some();
         let mut changes: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
         let connected: Vec<String> = self
             .agents
@@ -96,7 +100,7 @@ impl Core {
             let mut used: u64 = reserved.values().sum();
             for (agent, target) in &targets {
                 let cur = new_shares.get(agent).copied().unwrap_or(0);
-                if *target > cur {
+                if *target > cur && !recovering {
                     let before = reserved.get(agent).copied().unwrap_or(0);
                     // Raising this agent to `x` reserves max(before, x).
                     let room = rate.saturating_sub(used.saturating_sub(before));
