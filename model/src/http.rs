@@ -79,6 +79,28 @@ pub struct PartRef {
     pub name: String,
 }
 
+impl PartRef {
+    /// The Throttle (`kind` "Throttle", field `throttle`) or Coordinator ("Coordinator",
+    /// `coordinate`) that the step at `at` names, checked to name one; the same rule for
+    /// http and websocket steps. Whether it exists is checked once the documents are read
+    /// (`check_parts`).
+    pub fn named(at: &str, kind: &'static str, name: &str) -> Result<PartRef, FieldError> {
+        let (field, what) = match kind {
+            "Throttle" => ("throttle", "throttle"),
+            _ => ("coordinate", "coordinator"),
+        };
+        let field = format!("{at}.{field}");
+        if name.trim().is_empty() {
+            return Err(FieldError::new(field, format!("names no {what}")));
+        }
+        Ok(PartRef {
+            field,
+            kind,
+            name: name.to_string(),
+        })
+    }
+}
+
 /// How users connect.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientSettings {
@@ -346,31 +368,11 @@ impl Compiler {
             return think(t, &format!("{at}.think"));
         }
         if let Some(name) = &s.throttle {
-            if name.trim().is_empty() {
-                return Err(FieldError::new(
-                    format!("{at}.throttle"),
-                    "names no throttle",
-                ));
-            }
-            self.parts.push(PartRef {
-                field: format!("{at}.throttle"),
-                kind: "Throttle",
-                name: name.clone(),
-            });
+            self.parts.push(PartRef::named(at, "Throttle", name)?);
             return Ok(Step::Throttle(name.clone()));
         }
         if let Some(name) = &s.coordinate {
-            if name.trim().is_empty() {
-                return Err(FieldError::new(
-                    format!("{at}.coordinate"),
-                    "names no coordinator",
-                ));
-            }
-            self.parts.push(PartRef {
-                field: format!("{at}.coordinate"),
-                kind: "Coordinator",
-                name: name.clone(),
-            });
+            self.parts.push(PartRef::named(at, "Coordinator", name)?);
             return Ok(Step::Coordinate(name.clone()));
         }
         let l = s.loop_.as_ref().expect("counted above");

@@ -381,31 +381,11 @@ impl Compiler {
             return think(t, &format!("{at}.think"));
         }
         if let Some(name) = &s.throttle {
-            if name.trim().is_empty() {
-                return Err(FieldError::new(
-                    format!("{at}.throttle"),
-                    "names no throttle",
-                ));
-            }
-            self.parts.push(PartRef {
-                field: format!("{at}.throttle"),
-                kind: "Throttle",
-                name: name.clone(),
-            });
+            self.parts.push(PartRef::named(at, "Throttle", name)?);
             return Ok(WsStep::Throttle(name.clone()));
         }
         if let Some(name) = &s.coordinate {
-            if name.trim().is_empty() {
-                return Err(FieldError::new(
-                    format!("{at}.coordinate"),
-                    "names no coordinator",
-                ));
-            }
-            self.parts.push(PartRef {
-                field: format!("{at}.coordinate"),
-                kind: "Coordinator",
-                name: name.clone(),
-            });
+            self.parts.push(PartRef::named(at, "Coordinator", name)?);
             return Ok(WsStep::Coordinate(name.clone()));
         }
         let l = s.loop_.as_ref().expect("counted above");
