@@ -2,6 +2,9 @@
 //! target, exit codes 0 / 1 / 2, the report files, Ctrl-C, and a custom `murmur` built
 //! from `examples/custom_murmur.rs`.
 
+#[path = "support/cargo_command.rs"]
+mod cargo_command;
+use cargo_command::cargo_command;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -340,26 +343,7 @@ fn custom_murmur() -> PathBuf {
 /// compiles (with `-p murmuration-agent` cargo would build every dependency again with the
 /// features of that one package).
 fn build_custom_murmur() -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    // Without what cargo set for this test (CARGO_PKG_NAME, ...): build scripts that read
-    // them (ring's) would see a change and rebuild, and everything above them with it.
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy();
-        let set_for_crates = [
-            "CARGO_MANIFEST_",
-            "CARGO_PKG_",
-            "CARGO_CRATE_",
-            "CARGO_BIN_",
-            "CARGO_PRIMARY_PACKAGE",
-            "CARGO_TARGET_TMPDIR",
-            "CARGO_RUSTC_CURRENT_DIR",
-            "OUT_DIR",
-        ];
-        if set_for_crates.iter().any(|p| name.starts_with(p)) {
-            cmd.env_remove(name.as_ref());
-        }
-    }
+    let mut cmd = cargo_command();
     let out = cmd
         .args([
             "build",

@@ -10,6 +10,10 @@ use std::time::SystemTime;
 
 use crate::error::{Error, Result};
 
+#[path = "../../../agent/tests/support/cargo_command.rs"]
+mod cargo_command;
+use cargo_command::cargo_command;
+
 /// The workspace root (two levels above this crate's manifest).
 pub fn workspace_root() -> PathBuf {
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -225,26 +229,7 @@ fn build_project_binary(package: &str, bin: &str, path: &Path) -> Result<PathBuf
             "not built yet"
         }
     );
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    // Without what cargo set for this test (CARGO_PKG_NAME, ...): build scripts that read
-    // them (ring's) would see a change and rebuild, and everything above them with it.
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy();
-        let set_for_crates = [
-            "CARGO_MANIFEST_",
-            "CARGO_PKG_",
-            "CARGO_CRATE_",
-            "CARGO_BIN_",
-            "CARGO_PRIMARY_PACKAGE",
-            "CARGO_TARGET_TMPDIR",
-            "CARGO_RUSTC_CURRENT_DIR",
-            "OUT_DIR",
-        ];
-        if set_for_crates.iter().any(|p| name.starts_with(p)) {
-            cmd.env_remove(name.as_ref());
-        }
-    }
+    let mut cmd = cargo_command();
     cmd.current_dir(workspace_root())
         .args(["build", "-p", package, "--bin", bin])
         .stdin(Stdio::null())
