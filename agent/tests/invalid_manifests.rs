@@ -287,6 +287,41 @@ fn cases() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "spec.plan",
             "Coordinator",
         ),
+        // Durations and rates are bounded where they are parsed, so that no deadline a test
+        // computes from them can overflow (a year; one per year; a billion per second).
+        (
+            "duration beyond a year",
+            g("duration: 1m", "duration: 18446744073709551615s"),
+            "spec.duration",
+            "LoadTest",
+        ),
+        (
+            "think beyond a year",
+            g(
+                "think: {min: 10ms, max: 20ms}",
+                "think: {min: 10ms, max: 400d}",
+            ),
+            "spec.scenario.http.steps[1].think.max",
+            "LoadTest",
+        ),
+        (
+            "userRate slower than one a year",
+            g("userRate: 5/s", "userRate: 1e-300/s"),
+            "spec.userRate",
+            "LoadTest",
+        ),
+        (
+            "userRate with a period beyond a year",
+            g("userRate: 5/s", "userRate: 1/9999999999h"),
+            "spec.userRate",
+            "LoadTest",
+        ),
+        (
+            "Throttle interval beyond a year",
+            g("interval: 1s, ramp", "interval: 500d, ramp"),
+            "spec.interval",
+            "Throttle",
+        ),
         (
             "Coordinator timeout",
             g("timeout: 5s, plan", "timeout: 0s, plan"),
@@ -329,6 +364,44 @@ fn murmur_answer(dir: &std::path::Path, i: usize, text: &str) -> (Option<i32>, S
         o.status.code(),
         String::from_utf8_lossy(&o.stderr).into_owned(),
     )
+}
+
+/// A value of the wrong shape (what the schema refuses at the API server) is refused by
+/// `murmur run` in a person's words, with an example of the shape, never serde's type names.
+#[test]
+fn wrong_shapes_are_told_with_an_example() {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, (from, to, expect)) in [
+        (
+            "think: {min: 10ms, max: 20ms}",
+            "think: 1s",
+            "e.g. think: {duration: 1s}",
+        ),
+        (
+            "repeat: {times: 2, interval: 100ms}",
+            "repeat: 2",
+            "e.g. repeat: {times: 3",
+        ),
+        ("users: 10", "users: ten", "expected a whole number"),
+        ("users: 10", "users: 2.5", "expected a whole number"),
+        (
+            "agents: 1",
+            "agents: 1\n  agents: 2",
+            "duplicate mapping key: agents (each key once)",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        assert!(GOOD.contains(from), "{from}");
+        let text = GOOD.replacen(from, to, 1);
+        let (code, err) = murmur_answer(dir.path(), 1000 + i, &text);
+        assert_eq!(code, Some(2), "{to}: {err}");
+        assert!(err.contains(expect), "{to}: expected {expect:?} in {err}");
+        for jargon in ["struct ", "i32", "i64", "DuplicateKeyPolicy"] {
+            assert!(!err.contains(jargon), "{to}: {jargon:?} in {err}");
+        }
+    }
 }
 
 #[test]

@@ -28,6 +28,13 @@ pub enum UnitError {
     },
 }
 
+/// The longest duration a manifest may give (a year): long enough for any test, short
+/// enough that every deadline computed from it (now + duration) stays representable.
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// The fastest rate a manifest may give, per second (far beyond what any agent sends).
+pub const MAX_RATE_PER_SECOND: f64 = 1e9;
+
 /// Parses a manifest duration such as `"500ms"`, `"10s"`, `"1m30s"` or `"0s"`.
 ///
 /// A bare `"0"` is accepted as zero; any other number needs a unit, because `"30"` is
@@ -55,10 +62,17 @@ pub fn parse_duration(value: &str) -> Result<Duration, UnitError> {
             reason: "a unit is missing".into(),
         });
     }
-    humantime::parse_duration(trimmed).map_err(|e| UnitError::Duration {
+    let duration = humantime::parse_duration(trimmed).map_err(|e| UnitError::Duration {
         value: value.to_owned(),
         reason: e.to_string(),
-    })
+    })?;
+    if duration > MAX_DURATION {
+        return Err(UnitError::Duration {
+            value: value.to_owned(),
+            reason: "it is longer than 366d, the longest a manifest may give".into(),
+        });
+    }
+    Ok(duration)
 }
 
 /// Formats a duration the way manifests write them (`1m30s`, `500ms`, `0s`).
@@ -111,7 +125,18 @@ impl Rate {
         if per.is_zero() {
             return Err(err("the period must be longer than zero"));
         }
-        Ok(Rate { count, per })
+        let rate = Rate { count, per };
+        if rate.per_second() > MAX_RATE_PER_SECOND {
+            return Err(err(
+                "it is faster than 1000000000/s, the fastest a manifest may give",
+            ));
+        }
+        if count > 0.0 && rate.per.as_secs_f64() / count > MAX_DURATION.as_secs_f64() {
+            return Err(err(
+                "it is slower than one per 366d, the slowest a manifest may give (or 0/s for none)",
+            ));
+        }
+        Ok(rate)
     }
 
     /// Events per second.
@@ -162,6 +187,12 @@ mod tests {
         let e = parse_duration("ten seconds").unwrap_err().to_string();
         assert!(e.contains("\"ten seconds\" is not a duration"), "{e}");
         assert!(parse_duration("").is_err());
+        // Every deadline computed from a manifest's duration must stay representable.
+        for huge in ["18446744073709551615s", "367d", "99999999999h"] {
+            let e = parse_duration(huge).unwrap_err().to_string();
+            assert!(e.contains("longer than 366d"), "{huge}: {e}");
+        }
+        assert_eq!(parse_duration("366d").unwrap(), MAX_DURATION);
     }
 
     #[test]
@@ -184,6 +215,11 @@ mod tests {
             ("-3/s", "non-negative"),
             ("3/fortnight", "period after"),
             ("3/0s", "longer than zero"),
+            ("1/18446744073709551615s", "period after"),
+            ("1e-300/s", "slower than one per 366d"),
+            ("1e12/s", "faster than 1000000000/s"),
+            ("inf/s", "non-negative"),
+            ("NaN/s", "non-negative"),
         ] {
             let e = Rate::parse(input).unwrap_err().to_string();
             assert!(e.contains(expect), "{input}: {e}");

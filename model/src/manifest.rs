@@ -220,7 +220,14 @@ fn yaml_reason(e: &serde_saphyr::Error) -> String {
     };
     match limit {
         Some(l) => format!("not valid YAML: {l}"),
-        None => format!("not valid YAML: {e}"),
+        // The reader's advice to its programmer is not for the person writing the file.
+        None => format!(
+            "not valid YAML: {}",
+            e.to_string().replace(
+                ", set DuplicateKeyPolicy in Options if acceptable",
+                " (each key once)"
+            )
+        ),
     }
 }
 
@@ -341,6 +348,64 @@ fn typed<T: serde::de::DeserializeOwned>(
         } else {
             path
         };
-        ManifestError::invalid(label, field, e.into_inner())
+        ManifestError::invalid(label, field, plain_reason(&e.into_inner().to_string()))
     })
+}
+
+/// A reader's reason in the manifest's words: serde says `expected i32` or `expected
+/// struct Think`; a person writing YAML needs "a whole number" or the shape with an
+/// example. Every type error of every document goes through here.
+fn plain_reason(reason: &str) -> String {
+    let Some((what, expected)) = reason.rsplit_once(", expected ") else {
+        return reason.to_owned();
+    };
+    let expected = match expected {
+        "i8" | "i16" | "i32" | "i64" | "u8" | "u16" | "u32" | "u64" | "usize" | "isize" => {
+            let max = match expected {
+                "i8" => i8::MAX.to_string(),
+                "i16" => i16::MAX.to_string(),
+                "i32" => i32::MAX.to_string(),
+                "u8" => u8::MAX.to_string(),
+                "u16" => u16::MAX.to_string(),
+                "u32" => u32::MAX.to_string(),
+                _ => i64::MAX.to_string(),
+            };
+            format!("a whole number (at most {max})")
+        }
+        "f32" | "f64" => "a number".to_owned(),
+        "a string" | "a boolean" => expected.to_owned(),
+        "a sequence" => "a list, e.g. [a, b] or one `- item` per line".to_owned(),
+        other => match other.strip_prefix("struct ") {
+            Some(name) => format!("a mapping of fields{}", shape_of(name)),
+            None => return reason.to_owned(),
+        },
+    };
+    format!("{what}, expected {expected}")
+}
+
+/// An example of each mapping a person is likely to write in another shape.
+fn shape_of(name: &str) -> &'static str {
+    match name {
+        "Repeat" => ", e.g. repeat: {times: 3, interval: 1s}",
+        "Think" => ", e.g. think: {duration: 1s} or think: {min: 500ms, max: 1500ms}",
+        "Request" => ", e.g. request: {method: GET, path: /items}",
+        "Expect" => ", e.g. expect: {status: 200, bodyContains: ok}",
+        "Loop" | "WebSocketLoop" => ", e.g. loop: {times: 3, steps: [...]}",
+        "Step" | "InnerStep" => ", e.g. - request: {path: /} or - think: {duration: 1s}",
+        "WebSocketStep" | "WebSocketInnerStep" => {
+            ", e.g. - send: {text: hello} or - receive: {bodyContains: hello}"
+        }
+        "ScenarioSpec" => ", e.g. scenario: {http: {baseUrl: http://svc:8080, steps: [...]}}",
+        "HttpScenario" => ", e.g. http: {baseUrl: http://svc:8080, steps: [{request: {path: /}}]}",
+        "Arrivals" => ", e.g. arrivals: {rate: 200/s, maxConcurrent: 5000}",
+        "UserStage" => ", e.g. - {duration: 2m, users: 100}",
+        "RateStage" => ", e.g. - {duration: 5m, rate: 1000/s}",
+        "Threshold" => ", e.g. - {metric: latency.p99, max: 250ms}",
+        "Connect" => ", e.g. connect: {url: \"ws://chat:8080/ws\"}",
+        "Send" => ", e.g. send: {text: \"hello {{user.id}}\"}",
+        "Receive" => ", e.g. receive: {bodyContains: hello, timeout: 5s}",
+        "Close" => ", e.g. close: {}",
+        "PlanItem" => ", e.g. - {users: 2, action: pairs}",
+        _ => " (see `kubectl explain` or the README for its fields)",
+    }
 }
