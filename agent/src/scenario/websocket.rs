@@ -37,6 +37,8 @@ use murmuration_model::websocket::{
     parse_url, ConnectStep, Outgoing, ReceiveStep, SendStep, WebSocketPlan, WsStep, WsUrl,
 };
 
+mod handshake;
+
 /// Messages a user keeps for later receives; the oldest go first.
 pub const INBOX: usize = 64;
 
@@ -348,38 +350,7 @@ async fn open(
     } else {
         Either::Left(tcp)
     };
-    let (conn, _) = tokio_tungstenite::client_async_with_config(request, socket, Some(ws_config()))
-        .await
-        .map_err(|e| match e {
-            tungstenite::Error::Http(r) => (
-                ErrorKind::Status,
-                format!(
-                    "{url}: the server answered {} instead of switching to WebSocket",
-                    r.status()
-                ),
-            ),
-            e => (
-                closed_kind(&e).max_protocol(),
-                format!("{url}: handshake: {e}"),
-            ),
-        })?;
-    Ok(conn)
-}
-
-trait HandshakeKind {
-    /// A connection lost during the handshake is the handshake's failure (`protocol`):
-    /// `closed` is for connections that were open.
-    fn max_protocol(self) -> ErrorKind;
-}
-
-impl HandshakeKind for ErrorKind {
-    fn max_protocol(self) -> ErrorKind {
-        if self == ErrorKind::Closed {
-            ErrorKind::Protocol
-        } else {
-            self
-        }
-    }
+    handshake::handshake(socket, request, url).await
 }
 
 async fn send(
