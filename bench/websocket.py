@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """WebSocket benchmarks of `murmur` against `murmur demo-server websocket`, on loopback.
 
-    python3 bench/websocket.py [--only memory,most,messages] [--users 5000,19000]
+    python3 bench/websocket.py [--only memory,census,most,messages] [--users 5000,19000]
 
 Builds `murmur` in release mode. Every connection goes to 127.0.0.1, every run is bounded
 in time, and each process stays under its open-files limit (here 20,000: the hard limit).
@@ -9,6 +9,9 @@ in time, and each process stays under its open-files limit (here 20,000: the har
   memory    agent RSS per connected, idle user (connect, then `think`), at each --users
             count, over a 1-user run's RSS; kernel socket memory (both ends, loopback)
             from /proc/net/sockstat, separately.
+  census    where an idle user's memory goes: the same idle users in one `murmur run`
+            process built with a counting allocator (agent/examples/alloc_census.rs), live
+            heap allocations by size, per user (N users' census minus 1 user's).
   most      the most connected users on this machine: 19,000 per agent (its limit), with
             pairs of (demo server, murmur run with 1 agent) until one fails to connect all
             its users or --most-pairs is reached.
@@ -30,6 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 MURMUR = ROOT / "target" / "release" / "murmur"
+CENSUS = ROOT / "target" / "release" / "examples" / "alloc_census"
 
 
 def log(msg):
@@ -175,6 +179,64 @@ def idle_run(users, secs=60):
         stop(server)
 
 
+def census_run(users, secs=40):
+    """Live heap allocations of `murmur run` (in-process, 1 worker) holding `users` idle users."""
+    server, target = demo_server()
+    d = Path(tempfile.mkdtemp())
+    f = d / "idle.yaml"
+    f.write_text(idle_manifest(users, target, secs))
+    env = dict(os.environ, MURMUR_ALLOC_CENSUS=str(d / "census"))
+    run = subprocess.Popen(
+        [str(CENSUS), "run", str(f), "--workers", "1", "--plain", "--out", str(d / "out")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    try:
+        ok = wait_connected(run.pid, users, deadline=secs - 10)
+        time.sleep(3)  # a census is written every second
+        census = json.loads((d / f"census.{run.pid}").read_text())
+        census["rss_kib"] = rss_kb(run.pid)
+        census["connected"] = ok
+        return census
+    finally:
+        stop(run)
+        stop(server)
+
+
+def bench_census(args, results):
+    base = census_run(1, secs=20)
+    out = {"one_user": {k: base[k] for k in ("live_bytes", "malloc_bytes", "rss_kib")}, "runs": []}
+    for n in args.users:
+        c = census_run(n, secs=60)
+        per = lambda k: round((c[k] - base[k]) / (n - 1))
+        before = dict(base["by_size"])
+        by_size = []
+        for size, count in c["by_size"]:
+            d = (count - before.get(size, 0)) / (n - 1)
+            if abs(d) >= 0.05:
+                by_size.append({"size_up_to": size, "per_user": round(d, 2)})
+        r = {
+            "users": n,
+            "connected": c["connected"],
+            "rss_bytes_per_user": round((c["rss_kib"] - base["rss_kib"]) * 1024 / (n - 1)),
+            "live_bytes_per_user": per("live_bytes"),
+            "malloc_bytes_per_user": per("malloc_bytes"),
+            "allocs_per_user": round((c["live_allocs"] - base["live_allocs"]) / (n - 1), 2),
+            "by_size": by_size,
+        }
+        log(f"census: {n} users: RSS {r['rss_bytes_per_user']} B/user, heap {r['live_bytes_per_user']} B/user asked, "
+            f"{r['malloc_bytes_per_user']} B/user as malloc lays it out, {r['allocs_per_user']} allocations/user")
+        for row in by_size:
+            log(f"census:   {row['per_user']:6.2f} x up to {row['size_up_to']} B")
+        out["runs"].append(r)
+    results["census"] = out
+
+
+def ok_all(r):
+    return r["connected"]
+
+
 def bench_memory(args, results):
     base = idle_run(1, secs=20)
     log(f"memory: 1 user: agent RSS {base['agent_rss_kib']} KiB")
@@ -183,7 +245,9 @@ def bench_memory(args, results):
         r = idle_run(n)
         r["agent_kib_per_user"] = round((r["agent_rss_kib"] - base["agent_rss_kib"]) / (n - 1), 2)
         r["kernel_kib_per_connection_pair"] = round(r["kernel_socket_kib"] / n, 2)
-        log(f"memory: {json.dumps(r)}")
+        log(f"memory: {n} users {'connected' if ok_all(r) else 'NOT ALL CONNECTED'}: agent RSS {r['agent_rss_kib']} KiB, "
+            f"{r['agent_kib_per_user']} KiB per user over 1 user's; kernel TCP memory (sockstat, both ends) "
+            f"+{r['kernel_socket_kib']} KiB for +{r['tcp_sockets']} sockets; demo server RSS {r['server_rss_kib']} KiB")
         rows.append(r)
     results["memory"] = {"one_user_rss_kib": base["agent_rss_kib"], "runs": rows}
 
@@ -285,18 +349,25 @@ def main():
     ap.add_argument("--messages-secs", type=int, default=30)
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--murmur", help="a murmur binary to measure instead of the release build")
+    ap.add_argument("--census-binary", help="an alloc_census binary to use instead of the release build's")
     args = ap.parse_args()
-    global MURMUR
+    global MURMUR, CENSUS
+    if args.census_binary:
+        CENSUS = Path(args.census_binary).resolve()
     if args.murmur:
         MURMUR = Path(args.murmur).resolve()
         args.no_build = True
     args.users = [int(u) for u in args.users.split(",")]
     if not args.no_build:
         subprocess.run(["cargo", "build", "--release", "-p", "murmuration-agent", "--bin", "murmur"], cwd=ROOT, check=True)
+        if "census" in args.only.split(","):
+            subprocess.run(["cargo", "build", "--release", "-p", "murmuration-agent", "--example", "alloc_census"], cwd=ROOT, check=True)
     results = {}
     only = args.only.split(",")
     if "memory" in only:
         bench_memory(args, results)
+    if "census" in only:
+        bench_census(args, results)
     if "messages" in only:
         bench_messages(args, results)
     if "most" in only:

@@ -208,6 +208,117 @@ async fn a_server_that_closes_mid_journey_gives_closed_errors_and_nothing_hangs(
     assert_eq!(r.users.iterations, 100);
 }
 
+/// An echo journey of one message, templated in `send`.
+fn one_message(users: u64, send: &str, receive: &str) -> String {
+    format!(
+        r#"apiVersion: murmuration.dev/v1alpha1
+kind: LoadTest
+metadata: {{name: ws-one}}
+spec:
+  users: {users}
+  userRate: 1000/s
+  repeat: {{times: 1}}
+  scenario:
+    websocket:
+      timeout: 10s
+      steps:
+        - connect: {{url: "{{{{vars.target}}}}/echo"}}
+        - send: {send}
+        - receive: {receive}
+        - close: {{}}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_much_larger_than_the_read_buffer_arrives_whole() {
+    // 200 KB, where a connection reads 512 bytes at a time: the receive matches on the
+    // JSON field after the large one, so only a whole message can match.
+    let server = WebSocketDemo::start("127.0.0.1:0".parse().unwrap(), 1).unwrap();
+    let big = "x".repeat(200_000);
+    let text = one_message(
+        20,
+        &format!(r#"{{name: big, json: {{big: "{big}", tail: "end {{{{user.id}}}}"}}}}"#),
+        r#"{name: back, after: big, json: {path: $.tail, equals: "end {{user.id}}"}, extract: {b: $.big}}"#,
+    );
+    let r = run_in_process(&text, &format!("ws://{}", server.local_addr())).await;
+    assert_eq!(r.total.errors, 0, "{:#?}", r.steps);
+    assert_eq!(step(&r, "back").requests, 20);
+    assert_eq!(r.users.unmatched, 0);
+}
+
+/// A WebSocket server written here byte by byte, for what the others never do: it sends
+/// its first message in the same write as its 101 answer.
+async fn eager_server() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).to_string();
+                let key = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+                    .expect("a key")
+                    .trim()
+                    .to_owned();
+                let accept =
+                    tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+                let mut out = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                     Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+                )
+                .into_bytes();
+                // One unmasked text frame, as a server sends it.
+                let hello = b"{\"hello\": \"first\"}";
+                out.extend_from_slice(&[0x81, hello.len() as u8]);
+                out.extend_from_slice(hello);
+                if s.write_all(&out).await.is_err() {
+                    return;
+                }
+                // Then hold the connection until the client goes.
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_sent_with_the_handshake_answer_is_not_lost() {
+    let addr = eager_server().await;
+    let text = r#"apiVersion: murmuration.dev/v1alpha1
+kind: LoadTest
+metadata: {name: ws-eager}
+spec:
+  users: 10
+  userRate: 1000/s
+  repeat: {times: 1}
+  scenario:
+    websocket:
+      timeout: 5s
+      steps:
+        - connect: {url: "{{vars.target}}/"}
+        - receive: {name: hello, json: {path: $.hello, equals: first}}
+"#;
+    let r = run_in_process(text, &format!("ws://{addr}")).await;
+    assert_eq!(r.total.errors, 0, "{:#?}", r.steps);
+    assert_eq!(step(&r, "hello").requests, 10);
+}
+
 fn murmur(args: &[&str]) -> Output {
     Command::new(MURMUR)
         .args(args)
