@@ -342,17 +342,7 @@ where
     Ok(Conn::H2(sender))
 }
 
-/// Runs `fut` with a time limit, counting a timeout as [`ErrorKind::Timeout`].
-pub async fn with_timeout<T>(
-    limit: Duration,
-    fut: impl std::future::Future<Output = Result<T, ClientError>>,
-) -> Result<T, ClientError> {
-    match tokio::time::timeout(limit, fut).await {
-        Ok(r) => r,
-        Err(_) => Err(timed_out(limit)),
-    }
-}
-
+/// The error of an exchange with no complete answer within `limit`.
 fn timed_out(limit: Duration) -> ClientError {
     ClientError::new(
         ErrorKind::Timeout,
