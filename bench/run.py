@@ -2,9 +2,9 @@
 """Murmuration benchmarks, side by side with other tools, in one run on this machine.
 
     python3 bench/run.py [--duration 8] [--rounds 2] [--connections 50] [--no-peers]
-                         [--only throughput,memory,throttle,distributed]
+                         [--only throughput,instructions,memory,throttle,distributed]
 
-Installs what it needs (wrk and nginx from Debian, oha from crates.io, Goose built from
+Installs what it needs (wrk, nginx and valgrind from Debian, oha from crates.io, Goose built from
 bench/goose, Locust in a venv; idempotent, cached under ~/.cache/murmuration), builds
 `murmur` in release mode, and prints the figures and the ratios. Every load goes to
 127.0.0.1 only, and every run is bounded in time. Results are also written as JSON to
@@ -18,6 +18,10 @@ Benchmarks:
               file; same connections and duration for every tool, several rounds, ratios
               to wrk -t1 of the same round. Goose and Locust are left out with --no-peers
               (and always when CI is set).
+  instructions user-space instructions per request of wrk -t1 and `murmur run --workers 1`
+              on the same two targets, counted by valgrind's callgrind (the difference of
+              a 2 s and a 5 s run): unlike CPU seconds, unchanged by other work on the
+              machine. Skipped when valgrind is not installed.
   memory      resident memory per user with 100,000 and 1,000,000 users sleeping in a
               `think` step.
   throttle    a Throttle of 20,000/s saturated by many users for 30 s: share of the limit
@@ -81,7 +85,8 @@ LOCUST_VERSION = "2.47.0"
 def ensure_tools(peers):
     """Installs what the benchmarks need (each step only once) and builds murmur; returns
     the paths of oha, Goose and Locust (None for the peers when they are left out)."""
-    missing = [p for p, b in (("wrk", "wrk"), ("nginx-light", "nginx")) if not shutil.which(b)]
+    missing = [p for p, b in (("wrk", "wrk"), ("nginx-light", "nginx"), ("valgrind", "valgrind"))
+               if not shutil.which(b)]
     if missing:
         log(f"installing {' '.join(missing)} from Debian")
         sh("apt-get update -qq", stdout=subprocess.DEVNULL)
@@ -198,8 +203,8 @@ def measured(requests, seconds, cpu, failed=0):
                 cpu_per_100k=cpu / max(requests, 1) * 100_000, failed=failed)
 
 
-def wrk(url, conns, secs, threads):
-    out, cpu, _ = run_measured(["wrk", f"-t{threads}", f"-c{conns}", f"-d{secs}s", url], secs + 30)
+def wrk(url, conns, secs, threads, wrapper=()):
+    out, cpu, _ = run_measured([*wrapper, "wrk", f"-t{threads}", f"-c{conns}", f"-d{secs}s", url], secs + 30)
     requests = seconds = None
     failed = 0
     for line in out.splitlines():
@@ -271,11 +276,11 @@ def locust(binary, url, conns, secs):
     return measured(requests, seconds, cpu, failed)
 
 
-def murmur_tool(url, conns, secs, workers):
+def murmur_tool(url, conns, secs, workers, wrapper=()):
     d = Path(tempfile.mkdtemp(prefix="murmur-bench-"))
     try:
         (d / "test.yaml").write_text(http_manifest(url, conns, secs))
-        _, cpu, _ = run_measured([str(MURMUR), "run", str(d / "test.yaml"), "--out", str(d), "--plain",
+        _, cpu, _ = run_measured([*wrapper, str(MURMUR), "run", str(d / "test.yaml"), "--out", str(d), "--plain",
                                   "--progress-every", "3600", "--workers", str(workers)], secs + 60)
         rep = json.loads((d / "report.json").read_text())
     finally:
@@ -372,6 +377,45 @@ def bench_throughput(args, tools, results):
         print(f"{r['target']:<18} {r['round']:>3} {r['tool']:<20} {r['rate']:>9.0f} {r['cpu_per_100k']:>10.2f} "
               f"{r['rate_vs_wrk1']:>11.2f} {r['cpu_vs_wrk1']:>9.2f}")
     results["throughput"] = rows
+
+
+def bench_instructions(args, results):
+    """User-space instructions per request of wrk -t1 and murmur (1 worker), counted by
+    valgrind's callgrind: a figure that other work on the machine does not change, unlike
+    CPU seconds (perf's hardware counters are not available on every machine)."""
+    if not shutil.which("valgrind"):
+        log("instructions: valgrind is not installed (apt-get install valgrind); skipped")
+        return
+    conns = args.connections
+    log("instructions: wrk -t1 and murmur --workers 1 under callgrind, runs of 2 s and 5 s")
+    tools = [("wrk -t1", lambda url, s, w: wrk(url, conns, s, 1, w)),
+             ("murmur --workers 1", lambda url, s, w: murmur_tool(url, conns, s, 1, w))]
+    rows = []
+    for target_name, answer in (("nginx return 200", "fixed"), ("nginx static file", "static")):
+        target = Nginx(1, answer)
+        try:
+            for tool, run in tools:
+                runs = []
+                for secs in (2, 5):
+                    with tempfile.TemporaryDirectory() as d:
+                        out = Path(d) / "callgrind.out"
+                        m = run(target.url, secs, ["valgrind", "--tool=callgrind", "--cache-sim=no",
+                                                   f"--callgrind-out-file={out}"])
+                        total = next(int(line.split()[1]) for line in out.read_text().splitlines()
+                                     if line.startswith("totals:"))
+                    runs.append((total, m["requests"]))
+                # The difference of the two runs leaves out start-up and shutdown.
+                per_request = (runs[1][0] - runs[0][0]) / max(runs[1][1] - runs[0][1], 1)
+                rows.append(dict(target=target_name, tool=tool, instructions_per_request=per_request,
+                                 runs=[dict(instructions=i, requests=r) for i, r in runs]))
+        finally:
+            target.stop()
+    print("\n## User-space instructions per request (callgrind; the kernel's share is not counted)")
+    for r in rows:
+        base = next(b for b in rows if b["target"] == r["target"] and b["tool"] == "wrk -t1")
+        print(f"{r['target']:<18} {r['tool']:<20} {r['instructions_per_request']:>8.0f} "
+              f"({r['instructions_per_request'] / base['instructions_per_request']:.2f}x wrk)")
+    results["instructions"] = rows
 
 
 def think_manifest(users, secs):
@@ -628,13 +672,15 @@ def main():
     ap.add_argument("--throttle-seconds", type=int, default=30)
     ap.add_argument("--peers", action=argparse.BooleanOptionalAction, default=not os.environ.get("CI"),
                     help="also measure Goose and Locust (slow to install; never in CI)")
-    ap.add_argument("--only", default="throughput,memory,throttle,distributed")
+    ap.add_argument("--only", default="throughput,instructions,memory,throttle,distributed")
     args = ap.parse_args()
     todo = args.only.split(",")
     tools = ensure_tools(args.peers and "throughput" in todo)
     results = dict(machine=dict(cores=os.cpu_count()), when=time.strftime("%Y-%m-%d %H:%M:%S"))
     if "throughput" in todo:
         bench_throughput(args, tools, results)
+    if "instructions" in todo:
+        bench_instructions(args, results)
     if "memory" in todo:
         bench_memory(args, results)
     if "throttle" in todo:

@@ -7,18 +7,22 @@
 
 mod http1;
 
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 use tokio_rustls::client::TlsStream;
 
 use self::http1::Http1;
-pub use self::http1::RequestHead;
+pub use self::http1::{encode_request, RequestHead};
 use crate::metrics::ErrorKind;
 
 /// The body type of requests.
@@ -107,6 +111,9 @@ impl Conn {
 #[derive(Default)]
 pub struct Connections {
     conns: Vec<(Origin, Conn)>,
+    /// The time limit of this user's exchanges: one timer for all of them (see
+    /// [`Connections::send_within`]), made at the first.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 /// An answer: status and, when asked for, the body.
@@ -118,38 +125,105 @@ pub struct Answer {
 }
 
 impl Connections {
-    /// Sends a request to `origin` over this user's connection (opened or reopened as
-    /// needed) and reads the whole answer. `keep_body` keeps the body for checks.
-    pub async fn send(
-        &mut self,
-        config: &ClientConfig,
-        origin: &Origin,
-        head: RequestHead<'_>,
+    /// [`Connections::send`] with a time limit: an exchange that started at `started` (as
+    /// [`crate::scenario::User::now`] gave it) and has no complete answer `limit` later
+    /// fails as [`ErrorKind::Timeout`], and its connection is dropped.
+    ///
+    /// Why not `tokio::time::timeout` per request: it puts an entry in the timer wheel and
+    /// takes it out again for every request, and reads the clock once more; that showed in
+    /// the profile. Here the user's one timer stays armed for the deadline of an earlier
+    /// exchange, which is never later than this one's (deadlines only move forward): when
+    /// it fires before this exchange's deadline, it is re-armed for it. So the timer is
+    /// touched about once per `limit`, not once per request.
+    // Not an `async fn`, which would store its arguments twice (rust-lang/rust#62958): this
+    // future is part of the one allocated per request step.
+    #[allow(clippy::manual_async_fn, clippy::too_many_arguments)]
+    pub fn send_within<'a>(
+        &'a mut self,
+        config: &'a ClientConfig,
+        origin: &'a Origin,
+        head: RequestHead<'a>,
         body: Bytes,
         keep_body: bool,
-    ) -> Result<Answer, ClientError> {
-        let found = self.conns.iter().position(|(o, _)| o == origin);
-        let idx = match found {
-            Some(i) if self.conns[i].1.is_usable() => i,
-            found => {
-                if let Some(i) = found {
-                    self.conns.swap_remove(i);
+        started: Instant,
+        limit: Duration,
+    ) -> impl Future<Output = Result<Answer, ClientError>> + Send + 'a {
+        async move {
+            let deadline = tokio::time::Instant::from_std(started + limit);
+            let mut timer = match self.timer.take() {
+                Some(mut t) => {
+                    if t.deadline() > deadline {
+                        t.as_mut().reset(deadline);
+                    }
+                    t
                 }
-                let conn = connect(config, origin).await?;
-                self.conns.push((origin.clone(), conn));
-                self.conns.len() - 1
-            }
-        };
-        let result = match &mut self.conns[idx].1 {
-            Conn::Tcp(c) => c.exchange(&head, &body, keep_body).await,
-            Conn::Tls(c) => c.exchange(&head, &body, keep_body).await,
-            Conn::H2(s) => send_h2(s, &head, body, keep_body).await,
-        };
-        if result.is_err() {
-            // Whatever failed, the connection is in an unknown state.
-            self.conns.swap_remove(idx);
+                None => Box::pin(tokio::time::sleep_until(deadline)),
+            };
+            let answer = {
+                let send = self.send(config, origin, head, body, keep_body);
+                tokio::pin!(send);
+                poll_fn(|cx| {
+                    if let Poll::Ready(r) = send.as_mut().poll(cx) {
+                        return Poll::Ready(Some(r));
+                    }
+                    while timer.as_mut().poll(cx).is_ready() {
+                        if tokio::time::Instant::now() >= deadline {
+                            return Poll::Ready(None);
+                        }
+                        // An earlier exchange's deadline: this one still has time.
+                        timer.as_mut().reset(deadline);
+                    }
+                    Poll::Pending
+                })
+                .await
+            };
+            self.timer = Some(timer);
+            answer.unwrap_or_else(|| {
+                // The connection may still be waiting for the old answer: it cannot carry the
+                // next request.
+                self.discard(origin);
+                Err(timed_out(limit))
+            })
         }
-        result
+    }
+
+    /// Sends a request to `origin` over this user's connection (opened or reopened as
+    /// needed) and reads the whole answer. `keep_body` keeps the body for checks.
+    #[allow(clippy::manual_async_fn)]
+    pub fn send<'a>(
+        &'a mut self,
+        config: &'a ClientConfig,
+        origin: &'a Origin,
+        head: RequestHead<'a>,
+        body: Bytes,
+        keep_body: bool,
+    ) -> impl Future<Output = Result<Answer, ClientError>> + Send + 'a {
+        async move {
+            let found = self.conns.iter().position(|(o, _)| same_origin(o, origin));
+            let idx = match found {
+                Some(i) if self.conns[i].1.is_usable() => i,
+                found => {
+                    if let Some(i) = found {
+                        self.conns.swap_remove(i);
+                    }
+                    // Boxed, as is HTTP/2's exchange: their futures (a TLS handshake, hyper's
+                    // request) are large, and every request's future would carry their size.
+                    let conn = Box::pin(connect(config, origin)).await?;
+                    self.conns.push((origin.clone(), conn));
+                    self.conns.len() - 1
+                }
+            };
+            let result = match &mut self.conns[idx].1 {
+                Conn::Tcp(c) => c.exchange(&head, &body, keep_body).await,
+                Conn::Tls(c) => c.exchange(&head, &body, keep_body).await,
+                Conn::H2(s) => Box::pin(send_h2(s, &head, body, keep_body)).await,
+            };
+            if result.is_err() {
+                // Whatever failed, the connection is in an unknown state.
+                self.conns.swap_remove(idx);
+            }
+            result
+        }
     }
 
     /// Drops the connection to `origin`: after a timed-out exchange it may still be
@@ -162,6 +236,14 @@ impl Connections {
     pub fn close_all(&mut self) {
         self.conns.clear();
     }
+}
+
+/// Whether two origins are the same. A step's origin is usually the very text its
+/// connection was opened with, and comparing bytes is cheaper than `Authority`'s own
+/// comparison, which ignores case letter by letter: that showed in the profile, once per
+/// request.
+fn same_origin(a: &Origin, b: &Origin) -> bool {
+    a.tls == b.tls && (a.authority.as_str() == b.authority.as_str() || a.authority == b.authority)
 }
 
 /// One exchange over hyper's HTTP/2 connection.
@@ -260,21 +342,15 @@ where
     Ok(Conn::H2(sender))
 }
 
-/// Runs `fut` with a time limit, counting a timeout as [`ErrorKind::Timeout`].
-pub async fn with_timeout<T>(
-    limit: Duration,
-    fut: impl std::future::Future<Output = Result<T, ClientError>>,
-) -> Result<T, ClientError> {
-    match tokio::time::timeout(limit, fut).await {
-        Ok(r) => r,
-        Err(_) => Err(ClientError::new(
-            ErrorKind::Timeout,
-            format!(
-                "no complete answer within {}",
-                humantime::format_duration(limit)
-            ),
-        )),
-    }
+/// The error of an exchange with no complete answer within `limit`.
+fn timed_out(limit: Duration) -> ClientError {
+    ClientError::new(
+        ErrorKind::Timeout,
+        format!(
+            "no complete answer within {}",
+            humantime::format_duration(limit)
+        ),
+    )
 }
 
 #[derive(Debug)]

@@ -136,6 +136,44 @@ async fn a_silent_server_counts_timeouts() {
     );
 }
 
+/// A user's one request timer stays armed for an earlier request's deadline and is re-armed
+/// when it fires early: answers that each come well within the limit, on one keep-alive
+/// connection, are never counted as timeouts, even when the first deadline passes while a
+/// later request is in flight (four answers of 300 ms against a limit of 1 s).
+#[tokio::test]
+async fn slow_answers_within_the_limit_are_not_timeouts() {
+    let url = server(|mut s| async move {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        loop {
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            buf.clear();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+            if s.write_all(answer).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let yaml = format!(
+        "users: 2\nrepeat: {{times: 4}}\nscenario:\n  http:\n    timeout: 1s\n    steps:\n      - request: {{name: slow, url: \"{url}\"}}\n"
+    );
+    let r = run(&yaml).await;
+    assert_eq!(r.steps[0].requests, 8, "{:?}", r.steps[0].errors_by_kind);
+    assert_eq!(r.steps[0].errors, 0, "{:?}", r.steps[0].errors_by_kind);
+    assert!(
+        r.steps[0].latency_ms.p50 >= 300.0,
+        "{:?}",
+        r.steps[0].latency_ms
+    );
+}
+
 #[tokio::test]
 async fn wrong_status_and_failed_checks_are_labelled() {
     let url = server(|mut s| async move {

@@ -6,7 +6,7 @@
 //! as a browser user would; only a failed connection ends the iteration early, since the
 //! rest of the journey cannot happen without one.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::HeaderValue;
@@ -16,7 +16,7 @@ use rand::Rng;
 pub use murmuration_model::http::{HttpScenario, DEFAULT_TIMEOUT};
 
 use crate::client::{
-    with_timeout, Answer, ClientConfig, ClientError, Connections, Origin, RequestHead,
+    encode_request, Answer, ClientConfig, ClientError, Connections, Origin, RequestHead,
 };
 use crate::metrics::{ErrorKind, StepId};
 use crate::scenario::{InitContext, Scenario, ScenarioError, User};
@@ -36,6 +36,8 @@ struct UserState {
 /// The http scenario bound to a test: step ids interned and the client configured.
 pub struct HttpState {
     steps: Vec<StepId>,
+    /// By request index: the whole HTTP/1.1 request of a step with nothing to render.
+    encoded: Vec<Option<Bytes>>,
     client: ClientConfig,
 }
 
@@ -44,9 +46,13 @@ impl Scenario for HttpScenario {
 
     async fn init(&self, ctx: &InitContext) -> Result<HttpState, ScenarioError> {
         let mut steps = vec![StepId(0); self.requests];
+        let mut encoded = vec![None; self.requests];
         walk(&self.steps, &mut |s| {
             if let Step::Request(r) = s {
-                steps[r.index] = ctx.step(&r.name)
+                steps[r.index] = ctx.step(&r.name);
+                if !self.client.http2 {
+                    encoded[r.index] = encode_static(r);
+                }
             }
         });
         for name in self.throttles() {
@@ -58,6 +64,7 @@ impl Scenario for HttpScenario {
         }
         Ok(HttpState {
             steps,
+            encoded,
             client: ClientConfig::new(self.client.http2, self.client.insecure),
         })
     }
@@ -94,7 +101,10 @@ async fn run_steps(
         match step {
             // Inline, because a user spends most of its life here: its future is just this
             // timer. Every other step runs boxed, so that its state (a request in flight,
-            // a wait for a permit or a group) is allocated only while it runs.
+            // a wait for a permit or a group) is allocated only while it runs. A request
+            // step's future is kept under 1 KiB (what it rarely needs, a new connection or a
+            // rendered target, is boxed inside), so that the allocator serves it from its
+            // per-thread cache.
             Step::Think { min, max } => {
                 let d = if min == max {
                     *min
@@ -127,7 +137,7 @@ async fn run_step(
             let id = state.steps[r.index];
             let started = user.now();
             let us = us.get_or_insert_with(Box::default);
-            let result = exchange(sc, state, user, us, r).await;
+            let result = exchange(sc, state, user, us, r, started).await;
             us.permit = None;
             match result {
                 Ok(()) => user.record(id, started, None),
@@ -154,13 +164,83 @@ async fn run_step(
     Ok(())
 }
 
+/// The whole HTTP/1.1 request of a step whose target, headers and body are all known before
+/// any user runs; `None` when something in it is rendered per user (or a header would not
+/// be valid, which the per-request path reports).
+fn encode_static(r: &Request) -> Option<Bytes> {
+    let Target::Static { uri, host, .. } = &r.target else {
+        return None;
+    };
+    let mut headers = Vec::with_capacity(r.headers.len());
+    for (name, value) in &r.headers {
+        if !value.is_static() {
+            return None;
+        }
+        headers.push((name.clone(), HeaderValue::from_str(value.source()).ok()?));
+    }
+    let body = match &r.body {
+        Body::None => Bytes::new(),
+        Body::Static(b) => b.clone(),
+        Body::Text(_) | Body::Json(_) => return None,
+    };
+    let head = RequestHead {
+        method: &r.method,
+        uri,
+        host,
+        headers: &headers,
+        encoded: None,
+    };
+    Some(encode_request(&head, &body))
+}
+
+/// One request step's exchange and the checks on its answer.
 async fn exchange(
     sc: &HttpScenario,
     state: &HttpState,
     user: &mut User,
     us: &mut UserState,
     r: &Request,
+    started: Instant,
 ) -> Result<(), ClientError> {
+    let keep_body = r.body_contains.is_some() || !r.extract.is_empty();
+    let answer = match (&state.encoded[r.index], &r.target) {
+        // Nothing to render: the request goes as it was encoded at init.
+        (Some(encoded), Target::Static { origin, uri, host }) => {
+            let head = RequestHead {
+                method: &r.method,
+                uri,
+                host,
+                headers: &[],
+                encoded: Some(encoded),
+            };
+            let send = us.conns.send_within(
+                &state.client,
+                origin,
+                head,
+                Bytes::new(),
+                keep_body,
+                started,
+                sc.timeout,
+            );
+            send.await?
+        }
+        // Boxed: the rendered target and headers would otherwise make every request
+        // step's future larger (it is allocated per request step; see `run_steps`).
+        _ => Box::pin(send_rendered(sc, state, user, us, r, keep_body, started)).await?,
+    };
+    check(user, r, answer)
+}
+
+/// Renders a request's templated parts (target, headers, body) and sends it.
+async fn send_rendered(
+    sc: &HttpScenario,
+    state: &HttpState,
+    user: &mut User,
+    us: &mut UserState,
+    r: &Request,
+    keep_body: bool,
+    started: Instant,
+) -> Result<Answer, ClientError> {
     // A static target is used as compiled; only a templated one is built per request.
     let dynamic;
     let (origin, uri, host) = match &r.target {
@@ -200,23 +280,24 @@ async fn exchange(
         uri,
         host,
         headers: &headers,
+        encoded: None,
     };
-    let keep_body = r.body_contains.is_some() || !r.extract.is_empty();
-    // Pinned where it is: wrapping the (large) exchange in a timeout by value would copy it.
-    let answer = {
-        let send = us.conns.send(&state.client, origin, head, body, keep_body);
-        tokio::pin!(send);
-        with_timeout(sc.timeout, send).await
-    };
-    let Answer { status, body } = match answer {
-        Ok(a) => a,
-        Err(e) => {
-            if e.kind == ErrorKind::Timeout {
-                us.conns.discard(origin);
-            }
-            return Err(e);
-        }
-    };
+    us.conns
+        .send_within(
+            &state.client,
+            origin,
+            head,
+            body,
+            keep_body,
+            started,
+            sc.timeout,
+        )
+        .await
+}
+
+/// What the step expects of its answer (status, body text), and the values it extracts.
+fn check(user: &mut User, r: &Request, answer: Answer) -> Result<(), ClientError> {
+    let Answer { status, body } = answer;
     let status_ok = match r.expect_status {
         Some(s) => status.as_u16() == s,
         None => status.is_success() || status.is_redirection(),
