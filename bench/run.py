@@ -31,6 +31,12 @@ Benchmarks:
               figures are machine-speed figures: the tests only check the limit.
   distributed 1 master + 2 agent processes against in-process and wrk, and how fast a
               running test scales up.
+  arrivals    the highest arrival rate (open model, `spec.arrivals`) one `murmur run`
+              sustains within 1% against nginx (1 worker, `return 200`), on a ladder of
+              rates, beside oha's rate limiter (`oha -q RATE -n RATE*SECONDS`) at the same
+              rates in the same run: once with a new connection per request (`--disable-keepalive`, as each
+              arrival is a new user with its own connection) and once keep-alive (-c 50).
+              Not in the default set: `--only arrivals`.
 """
 
 import argparse
@@ -664,6 +670,113 @@ spec:
                                   scale_up_10k_s=times)
 
 
+def arrivals_manifest(url, rate, secs):
+    return f"""apiVersion: murmuration.dev/v1alpha1
+kind: LoadTest
+metadata: {{name: bench-arrivals}}
+spec:
+  arrivals:
+    rate: {rate}/s
+    maxConcurrent: 20000
+    stages: [{{duration: {secs}s, rate: {rate}/s}}]
+  scenario:
+    http:
+      timeout: 10s
+      steps:
+        - request: {{name: get, url: "{url}"}}
+"""
+
+
+def murmur_arrivals(url, rate, secs):
+    """One `murmur run` of an open model at `rate`/s for `secs` s. Sustained when every
+    arrival was started (none dropped) and answered without error, and every full second
+    but the first and the last completed within 1% of `rate` requests."""
+    d = Path(tempfile.mkdtemp(prefix="murmur-bench-"))
+    try:
+        (d / "test.yaml").write_text(arrivals_manifest(url, rate, secs))
+        _, cpu, _ = run_measured([str(MURMUR), "run", str(d / "test.yaml"), "--out", str(d), "--plain",
+                                  "--progress-every", "3600"], secs + 60)
+        rep = json.loads((d / "report.json").read_text())
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    total, users = rep["total"], rep["users"]
+    planned = rate * secs
+    seconds, worst = [], 0.0
+    prev = 0.0
+    for p in rep["series"]:
+        t, span = p["t"], p["t"] - prev
+        prev = p["t"]
+        if 1.0 < t <= secs - 0.5 and span > 0.5:
+            off = abs(p["requests"] / span - rate) / rate
+            worst = max(worst, off)
+            seconds.append(p["requests"] / span)
+    ok = (users.get("dropped", 0) == 0 and total["errors"] == 0 and total["requests"] == planned
+          and users.get("started") == planned and worst <= 0.01)
+    return dict(rate=rate, ok=ok, requests=total["requests"], planned=planned,
+                dropped=users.get("dropped", 0), errors=total["errors"], worst_second=worst,
+                p99_ms=total["correctedLatencyMs"]["p99"], cpu_s=cpu)
+
+
+def oha_rate(binary, url, rate, secs, keepalive):
+    """`oha -q RATE -n RATE*secs`: sustained when every request succeeded and they took
+    no more than 1% longer than the schedule (oha's own measured time)."""
+    planned = rate * secs
+    cmd = [binary, "-q", str(rate), "-n", str(planned), "--no-tui", "--output-format", "json"]
+    cmd += ["-c", "50"] if keepalive else ["-c", "200", "--disable-keepalive"]
+    out, cpu, _ = run_measured(cmd + [url], secs * 3 + 60)
+    doc = json.loads(out)
+    codes = doc.get("statusCodeDistribution", {})
+    good = sum(n for c, n in codes.items() if c.startswith("2"))
+    failed = sum(n for c, n in codes.items() if not c.startswith("2"))
+    errors = sum(doc.get("errorDistribution", {}).values())
+    achieved = good / float(doc["summary"]["total"])
+    ok = failed == 0 and errors == 0 and good == planned and achieved >= rate * 0.99
+    p99 = (doc.get("latencyPercentiles") or {}).get("p99")
+    return dict(rate=rate, ok=ok, requests=good, achieved=achieved, failed=failed + errors,
+                p99_ms=p99 * 1000 if p99 is not None else None, cpu_s=cpu)
+
+
+def bench_arrivals(args, tools, results):
+    secs = args.arrival_seconds
+    rates = [int(r) for r in args.arrival_rates.split(",")]
+    nginx = Nginx(1, "fixed")
+    tools_run = [("murmur run (arrivals)", lambda r: murmur_arrivals(nginx.url, r, secs))]
+    if tools["oha"]:
+        tools_run += [("oha -q, new connection each", lambda r: oha_rate(tools["oha"], nginx.url, r, secs, False)),
+                      ("oha -q, keep-alive -c50", lambda r: oha_rate(tools["oha"], nginx.url, r, secs, True))]
+    rows = {name: [] for name, _ in tools_run}
+    try:
+        for rate in rates:
+            for name, f in tools_run:
+                # A tool that failed a rate is not tried at higher ones.
+                if rows[name] and not rows[name][-1]["ok"]:
+                    continue
+                log(f"arrivals: {name} at {rate}/s")
+                rows[name].append(f(rate))
+    finally:
+        nginx.stop()
+    print(f"\n## Highest arrival rate sustained within 1% ({secs} s per rate, nginx 1 worker, "
+          f"{os.cpu_count()} cores)")
+    print("| tool | rate/s | sustained | requests | worst second off / achieved | p99 ms | CPU s |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    best = {}
+    for name, rs in rows.items():
+        for r in rs:
+            fig = (f"{r['worst_second'] * 100:.2f}%" if "worst_second" in r else f"{r['achieved']:.0f}/s")
+            p99 = "-" if r["p99_ms"] is None else f"{r['p99_ms']:.1f}"
+            print(f"| {name} | {r['rate']} | {'yes' if r['ok'] else 'no'} | {r['requests']} | {fig} | "
+                  f"{p99} | {r['cpu_s']:.1f} |")
+        best[name] = max((r["rate"] for r in rs if r["ok"]), default=0)
+    print()
+    for name, b in best.items():
+        print(f"highest sustained: {name}: {b}/s")
+    m = best["murmur run (arrivals)"]
+    for name, b in best.items():
+        if name != "murmur run (arrivals)" and b:
+            print(f"murmur / {name}: {m / b:.2f}")
+    results["arrivals"] = dict(seconds=secs, rows=rows, best=best)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=int, default=8, help="seconds per throughput run")
@@ -672,7 +785,11 @@ def main():
     ap.add_argument("--throttle-seconds", type=int, default=30)
     ap.add_argument("--peers", action=argparse.BooleanOptionalAction, default=not os.environ.get("CI"),
                     help="also measure Goose and Locust (slow to install; never in CI)")
-    ap.add_argument("--only", default="throughput,instructions,memory,throttle,distributed")
+    ap.add_argument("--arrival-seconds", type=int, default=6, help="seconds per arrival rate")
+    ap.add_argument("--arrival-rates", default="1000,2000,4000,6000,8000,10000,13000,16000,20000,25000",
+                    help="the ladder of arrival rates per second")
+    ap.add_argument("--only", default="throughput,instructions,memory,throttle,distributed",
+                    help="any of throughput,instructions,memory,throttle,distributed,arrivals")
     args = ap.parse_args()
     todo = args.only.split(",")
     tools = ensure_tools(args.peers and "throughput" in todo)
@@ -688,6 +805,8 @@ def main():
         bench_throttle_shared(args, results)
     if "distributed" in todo:
         bench_distributed(args, results)
+    if "arrivals" in todo:
+        bench_arrivals(args, tools, results)
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / "latest.json").write_text(json.dumps(results, indent=2))

@@ -274,12 +274,16 @@ impl Agent {
                 let now = std::time::Instant::now();
                 let origin = now.checked_sub(ago).unwrap_or(now);
                 tracing::info!(?lane, "arrivals begin");
-                self.arrivals = Some(ArrivalRunner::new(
-                    schedule.clone(),
-                    origin,
-                    lane,
-                    IdSource::Pool(std::mem::take(&mut self.early_ids)),
-                ));
+                self.arrivals = Some(
+                    ArrivalRunner::new(
+                        schedule.clone(),
+                        origin,
+                        lane,
+                        IdSource::Pool(std::mem::take(&mut self.early_ids)),
+                    )
+                    // Counted in the seconds the master files this agent's points under.
+                    .with_windows_early(Duration::from_millis(REPORT_EARLY_MS)),
+                );
             }
         }
     }
@@ -453,7 +457,9 @@ impl Agent {
                 }
             }
             ToAgent::Finish { forced, grace_ms } => {
-                self.arrivals = None;
+                if let (Some(mut a), Some(engine)) = (self.arrivals.take(), &self.engine) {
+                    engine.count_arrivals(a.take_all());
+                }
                 if let Some(mut engine) = self.engine.take() {
                     let grace = if forced {
                         Duration::ZERO
@@ -486,6 +492,9 @@ impl Agent {
 
     fn report(&mut self) -> Option<FromAgent> {
         let engine = self.engine.as_ref()?;
+        if let Some(a) = &mut self.arrivals {
+            engine.count_arrivals(a.take_closed(engine, std::time::Instant::now()));
+        }
         let period = engine.take_period();
         let ended = engine.take_ended();
         let running = engine.running();

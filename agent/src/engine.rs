@@ -163,7 +163,7 @@ fn worker_main(ctx: Arc<WorkerCtx>, mut rx: mpsc::UnboundedReceiver<WorkerCmd>) 
 fn spawn_user(ctx: &Arc<WorkerCtx>, id: UserId, intended: Option<Instant>) {
     let control = Arc::new(AtomicU8::new(RUNNING));
     if intended.is_none() {
-        // Arrivals are counted when the controller dispatches them (see start_arrivals).
+        // Arrivals are counted by the arrival runner (see count_arrivals).
         ctx.metrics.user_event(|u| u.started += 1);
     }
     let mut user = User::new(id, ctx.env.clone(), ctx.metrics.clone());
@@ -335,11 +335,8 @@ impl Engine {
             batches[self.worker_of(a.0)].push(a);
         }
         let running = self.shared.running.fetch_add(n, Ordering::AcqRel) + n;
-        // Counted in the period in which they were due and dispatched: a period's arrivals
-        // are then exactly those its controller found due, whatever the workers' lag.
-        if let Some(c) = self.ctxs.first() {
-            c.metrics.user_event(|u| u.started += n);
-        }
+        // Counted by the arrival runner, in the period of their intended time
+        // (count_arrivals), not here.
         for (w, batch) in batches.into_iter().enumerate() {
             if !batch.is_empty() {
                 let _ = self.workers[w].send(WorkerCmd::Arrive(batch));
@@ -348,10 +345,14 @@ impl Engine {
         running
     }
 
-    /// Counts arrivals dropped because `maxConcurrent` users ran (in this period's figures).
-    pub fn count_dropped(&self, n: u64) {
+    /// Counts arrivals in this period's figures: `started`, and `dropped` because
+    /// `maxConcurrent` users ran (or no id was left).
+    pub fn count_arrivals(&self, (started, dropped): (u64, u64)) {
         if let Some(c) = self.ctxs.first() {
-            c.metrics.user_event(|u| u.dropped += n);
+            c.metrics.user_event(|u| {
+                u.started += started;
+                u.dropped += dropped;
+            });
         }
     }
 
@@ -521,10 +522,14 @@ impl Run {
     }
 
     /// Takes every worker's figures into the totals and the series.
-    fn collect(&mut self) {
+    /// Closes the period at `now` (the arrivals due by then counted in it).
+    fn collect(&mut self, now: Instant) {
+        if let Some(a) = &mut self.arrivals {
+            self.engine.count_arrivals(a.take_closed(&self.engine, now));
+        }
         let period = self.engine.take_period();
         self.tally.names = self.engine.env.steps.all();
-        let elapsed = self.started_at.elapsed();
+        let elapsed = now.saturating_duration_since(self.started_at);
         self.tally
             .add(elapsed.as_secs_f64(), self.engine.running(), &period);
         let planned = self.planned_at(elapsed);
@@ -599,6 +604,9 @@ pub async fn run_test(
     };
     tracing::info!(test = %run.plan.name, users = desired, workers = run.engine.workers(), "test started");
     let ended_by = control_loop(&mut run, &mut commands, &mut on_tick).await;
+    if let Some(a) = &mut run.arrivals {
+        run.engine.count_arrivals(a.take_all());
+    }
     let force = async {
         loop {
             match commands.recv().await {
@@ -677,7 +685,7 @@ async fn control_loop(
             }
         }
         if std::mem::take(&mut collect_due) {
-            run.collect();
+            run.collect(Instant::now());
             on_tick(&run.report("running", false));
         }
         let next_change = pace.next;

@@ -1,8 +1,10 @@
 //! Load profiles through the real `murmur` binary on loopback: a stage profile followed
 //! locally and by three agent processes (judged on the run's own recorded series), an
-//! arrival rate that holds while the target slows down (beside a closed model that slows
-//! with it), `maxConcurrent` dropping and counting, arrival ids unique across agents when
-//! one is killed, and a stalled target showing in the corrected p99.
+//! arrival rate of 2,000/s that holds, locally and on three agents, while the target slows
+//! down (beside a closed model that slows with it; counted by intended time, so that a
+//! loaded machine's lag cannot fake or hide a shortfall), `maxConcurrent` dropping and
+//! counting, globally across three agents too, arrival ids unique across agents when one is
+//! killed, and a stalled target showing in the corrected p99.
 //!
 //! The target is a small server of the test's own: its delay can be changed while it runs,
 //! and it records every request's time and query (the user id) and the most requests in
@@ -261,76 +263,115 @@ spec:
     )
 }
 
-#[test]
-fn an_arrival_rate_holds_while_the_target_slows_and_a_closed_model_slows_with_it() {
-    let _serial = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let t = target(1);
-    let open = manifest(
-        dir.path(),
-        "open.yaml",
-        &arrival_test(t.addr, "200/s", 8, 5000),
-    );
-    let closed = manifest(dir.path(), "closed.yaml", &closed_test(t.addr, 8));
-    let (open_out, closed_out) = (dir.path().join("open"), dir.path().join("closed"));
-    let started = Instant::now();
-    let open_run = run(&open, &open_out, 0);
-    let closed_run = run(&closed, &closed_out, 0);
-    // The latency jumps from 1 ms to 500 ms mid-test.
-    std::thread::sleep(Duration::from_secs(4).saturating_sub(started.elapsed()));
-    t.delay_ms.store(500, Ordering::SeqCst);
-    let open = report_of(open_run, &open_out, Duration::from_secs(60));
-    let closed = report_of(closed_run, &closed_out, Duration::from_secs(60));
-    // Open: every full second of the schedule holds 200 arrivals within 1%, slow target or
-    // not (started or dropped: none is dropped here).
-    let series = open["series"].as_array().unwrap();
-    let mut prev = 0.0;
-    let mut seconds = 0;
-    for p in series {
-        let t = f(&p["t"]);
-        let span = t - prev;
-        prev = t;
-        if t > 8.0 || span < 0.5 {
-            continue;
-        }
-        let arrived = f(&p["started"]) + f(&p["dropped"]);
-        let planned = 200.0 * span;
-        assert!(
-            (arrived - planned).abs() <= planned * 0.01,
-            "open model at {t:.2}s: {arrived} arrivals in {span:.3}s, {planned:.1} planned"
-        );
-        seconds += 1;
-    }
-    assert!(seconds >= 6, "only {seconds} seconds judged");
-    assert_eq!(
-        open["users"]["started"], 1600,
-        "every arrival of 8 s at 200/s"
-    );
-    assert_eq!(open["users"]["dropped"], 0);
-    // Closed: the same users wait for the slow answers, so the rate collapses.
-    let rps = |from: f64, to: f64| {
-        let pts: Vec<f64> = closed["series"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|p| (from..to).contains(&f(&p["t"])))
-            .map(|p| f(&p["rps"]))
-            .collect();
-        pts.iter().sum::<f64>() / pts.len().max(1) as f64
-    };
-    let (before, after) = (rps(1.5, 3.5), rps(5.5, 8.0));
-    eprintln!("closed model: {before:.0}/s before the slowdown, {after:.0}/s after; open model: 200/s throughout");
-    assert!(
-        after < before / 5.0,
-        "the closed model did not slow down: {before:.0}/s then {after:.0}/s"
-    );
-    // The corrected latency never reads lower than the raw one.
-    let total = &open["total"];
-    assert!(f(&total["correctedLatencyMs"]["p99"]) >= f(&total["latencyMs"]["p99"]) - 1.0);
+/// Arrivals of a constant `rate` due before `t` seconds of a schedule of `secs` seconds.
+fn due_before(rate: f64, secs: f64, t: f64) -> f64 {
+    // Arrival k is due at (k + ½) / rate.
+    (rate * t.clamp(0.0, secs) - 0.5).ceil().max(0.0)
 }
 
 #[test]
-fn max_concurrent_drops_arrivals_and_counts_them() {
+fn an_arrival_rate_of_2000_per_second_holds_while_the_target_slows_and_a_closed_model_slows_with_it(
+) {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let (rate, secs) = (2000.0, 8.0);
+    for agents in [0, 3] {
+        let t = target(1);
+        let open = manifest(
+            dir.path(),
+            &format!("open-{agents}.yaml"),
+            &arrival_test(t.addr, "2000/s", secs as u64, 5000),
+        );
+        let closed = manifest(dir.path(), "closed.yaml", &closed_test(t.addr, secs as u64));
+        let open_out = dir.path().join(format!("open-{agents}"));
+        let closed_out = dir.path().join(format!("closed-{agents}"));
+        let started = Instant::now();
+        let open_run = run(&open, &open_out, agents);
+        let closed_run = run(&closed, &closed_out, 0);
+        // The latency jumps from 1 ms to 500 ms mid-test.
+        std::thread::sleep(Duration::from_secs(4).saturating_sub(started.elapsed()));
+        t.delay_ms.store(500, Ordering::SeqCst);
+        let open = report_of(open_run, &open_out, Duration::from_secs(120));
+        let closed = report_of(closed_run, &closed_out, Duration::from_secs(120));
+        // Open: arrivals are counted by the second of the schedule they were due in (the
+        // intended times the engine records), so each second's count is the schedule's,
+        // however late a loaded machine started them: 2,000 a second, slow target or not.
+        let series = open["series"].as_array().unwrap();
+        let (mut cum, mut exact) = (0.0, 0);
+        for p in series {
+            let t = f(&p["t"]);
+            cum += f(&p["started"]) + f(&p["dropped"]);
+            if agents == 0 {
+                // One process: the point at t holds the arrivals of the seconds before
+                // floor(t), exactly, whatever its lag.
+                let due = due_before(rate, secs, t.floor());
+                assert!(
+                    (cum - due).abs() <= 1.0,
+                    "local, at {t:.3}s: {cum} arrivals so far, the schedule's seconds hold {due}"
+                );
+                exact += 1;
+            } else {
+                // Agents report 50 ms before each second ends; the master files the point
+                // under that second. A report late past the second's end is filed under
+                // the next one: then the sum is one window behind, never ahead.
+                let due = due_before(rate, secs, t - 0.05);
+                let due_before_that = due_before(rate, secs, t - 1.05);
+                assert!(
+                    cum <= due + 1.0 && cum >= due_before_that - 1.0,
+                    "3 agents, at {t:.0}s: {cum} arrivals so far, the schedule's windows hold {due}"
+                );
+                if (cum - due).abs() <= rate * 0.01 {
+                    exact += 1;
+                }
+            }
+        }
+        eprintln!(
+            "{agents} agents: {exact} of {} seconds held the schedule's 2,000 arrivals exactly",
+            series.len()
+        );
+        assert_eq!(cum, rate * secs, "{agents} agents: every arrival counted");
+        assert_eq!(
+            open["users"]["started"], 16_000,
+            "{agents} agents: every arrival of 8 s at 2,000/s started"
+        );
+        assert_eq!(open["users"]["dropped"], 0);
+        let ids = t.user_ids();
+        assert_eq!(
+            ids.len(),
+            16_000,
+            "{agents} agents: one request per arrival"
+        );
+        let unique: BTreeSet<u64> = ids.iter().copied().collect();
+        assert_eq!(unique.len(), ids.len(), "{agents} agents: an id used twice");
+        // Every arrival was late by the target's 500 ms at most plus the machine's lag: the
+        // corrected latency (from the intended time) never reads lower than the raw one.
+        let total = &open["total"];
+        assert!(f(&total["correctedLatencyMs"]["p99"]) >= f(&total["latencyMs"]["p99"]) - 1.0);
+        // Closed: the same users wait for the slow answers, so the rate collapses.
+        let rps = |from: f64, to: f64| {
+            let pts: Vec<f64> = closed["series"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|p| (from..to).contains(&f(&p["t"])))
+                .map(|p| f(&p["rps"]))
+                .collect();
+            pts.iter().sum::<f64>() / pts.len().max(1) as f64
+        };
+        let (before, after) = (rps(1.5, 3.5), rps(5.5, 8.0));
+        eprintln!(
+            "{agents} agents: closed model {before:.0}/s before the slowdown, {after:.0}/s after; \
+             open model 2,000/s throughout"
+        );
+        assert!(
+            after < before / 5.0,
+            "the closed model did not slow down: {before:.0}/s then {after:.0}/s"
+        );
+    }
+}
+
+#[test]
+fn max_concurrent_drops_arrivals_and_counts_them_locally_and_across_three_agents() {
     let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let t = target(400);
@@ -339,37 +380,57 @@ fn max_concurrent_drops_arrivals_and_counts_them() {
         "drops.yaml",
         &arrival_test(t.addr, "100/s", 3, 10),
     );
-    let out = dir.path().join("out");
-    let report = report_of(run(&file, &out, 0), &out, Duration::from_secs(60));
-    let started = report["users"]["started"].as_u64().unwrap();
-    let dropped = report["users"]["dropped"].as_u64().unwrap();
-    assert_eq!(started + dropped, 300, "every arrival started or dropped");
-    assert!(
-        dropped > 100,
-        "only {dropped} dropped with 10 allowed at 400 ms each"
-    );
-    assert_eq!(
-        t.in_flight.load(Ordering::SeqCst),
-        0,
-        "every request answered"
-    );
-    let most = t.most_in_flight.load(Ordering::SeqCst);
-    assert!(most <= 10, "{most} requests in flight at once, 10 allowed");
-    assert_eq!(
-        t.user_ids().len() as u64,
-        started,
-        "one request per started arrival"
-    );
-    let dropped_in_series: f64 = report["series"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| f(&p["dropped"]))
-        .sum();
-    assert_eq!(
-        dropped_in_series as u64, dropped,
-        "the series counts every drop"
-    );
+    for agents in [0, 3] {
+        t.seen.lock().unwrap().clear();
+        t.most_in_flight.store(0, Ordering::SeqCst);
+        let out = dir.path().join(format!("out-{agents}"));
+        let report = report_of(run(&file, &out, agents), &out, Duration::from_secs(60));
+        let started = report["users"]["started"].as_u64().unwrap();
+        let dropped = report["users"]["dropped"].as_u64().unwrap();
+        assert_eq!(
+            started + dropped,
+            300,
+            "{agents} agents: every arrival started or dropped"
+        );
+        assert!(
+            dropped > 100,
+            "{agents} agents: only {dropped} dropped with 10 allowed at 400 ms each"
+        );
+        assert_eq!(
+            t.in_flight.load(Ordering::SeqCst),
+            0,
+            "{agents} agents: every request answered"
+        );
+        // maxConcurrent is global: the agents' shares (4, 3, 3) sum to it.
+        let most = t.most_in_flight.load(Ordering::SeqCst);
+        assert!(
+            most <= 10,
+            "{agents} agents: {most} requests in flight at once, 10 allowed"
+        );
+        assert!(
+            report["users"]["peak"].as_u64().unwrap_or(0) <= 10,
+            "{agents} agents: peak {}",
+            report["users"]["peak"]
+        );
+        let ids = t.user_ids();
+        assert_eq!(
+            ids.len() as u64,
+            started,
+            "{agents} agents: one request per started arrival"
+        );
+        let unique: BTreeSet<u64> = ids.iter().copied().collect();
+        assert_eq!(unique.len(), ids.len(), "{agents} agents: an id used twice");
+        let dropped_in_series: f64 = report["series"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| f(&p["dropped"]))
+            .sum();
+        assert_eq!(
+            dropped_in_series as u64, dropped,
+            "{agents} agents: the series counts every drop"
+        );
+    }
 }
 
 #[test]
@@ -497,7 +558,6 @@ fn arrival_ids_are_never_repeated_across_agents_even_when_one_is_killed() {
         std::thread::sleep(Duration::from_millis(50));
     }
     drop(agents.remove(1));
-    let killed_at = Instant::now();
     // The master ends the test once the schedule is over.
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
@@ -523,26 +583,12 @@ fn arrival_ids_are_never_repeated_across_agents_even_when_one_is_killed() {
     let ids = t.user_ids();
     let unique: BTreeSet<u64> = ids.iter().copied().collect();
     assert_eq!(unique.len(), ids.len(), "an arrival id was used twice");
-    // After the kill (and the master noticing), the others carry the whole rate.
-    let seen = t.seen.lock().unwrap().clone();
-    let late: Vec<Instant> = seen
-        .iter()
-        .map(|(at, _)| *at)
-        .filter(|at| *at > killed_at + Duration::from_secs(4))
-        .collect();
-    if let (Some(first), Some(last)) = (late.first(), late.last()) {
-        let span = last.duration_since(*first).as_secs_f64();
-        if span >= 1.0 {
-            let rate = late.len() as f64 / span;
-            assert!(
-                rate > 150.0 * 0.9,
-                "after the kill the rate fell to {rate:.0}/s"
-            );
-        }
-    }
+    // The others carry the whole rate once the master re-splits (after the reconnect grace
+    // of 2 s and the split's lead of 0.5 s): what is lost is b's lane (50/s) meanwhile and
+    // its in-flight arrivals. Counted, not timed: 6 s of b's lane is the bound allowed.
     assert!(
-        ids.len() as f64 > 1500.0 * 0.7,
-        "only {} arrivals of 1500",
+        ids.len() >= 1500 - 300,
+        "only {} arrivals of 1500: more than b's lane was lost",
         ids.len()
     );
 }

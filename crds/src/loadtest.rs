@@ -705,7 +705,9 @@ pub struct UserCounts {
 pub struct ProfileStatus {
     /// The stage running now (1 = the first of `spec.stages`); absent once the stages are
     /// over or overridden.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    // Written as null when absent: the operator writes status with a merge patch, which
+    // would otherwise keep the stage of before an override.
+    #[serde(default)]
     pub stage: Option<i64>,
     /// Users the profile plans for now.
     pub planned_users: i64,

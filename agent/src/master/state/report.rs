@@ -58,6 +58,8 @@ impl Core {
             done.requests += total.requests;
             done.errors += total.error_total();
             done.rps += total.requests as f64;
+            done.started += period.users.started;
+            done.dropped += period.users.dropped;
             return;
         }
         let slot = self.open.entry(s).or_default();
