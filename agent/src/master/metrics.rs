@@ -41,6 +41,12 @@ pub struct Scrape {
     pub remote_write: Option<RemoteWriteFigures>,
 }
 
+/// The `namespace` label of the series: the operator gives its master pod its namespace
+/// (downward API, `POD_NAMESPACE`); outside a cluster it is empty unless that is set.
+pub fn namespace() -> String {
+    std::env::var("POD_NAMESPACE").unwrap_or_default()
+}
+
 /// The remote-write pusher's own figures, shown with the test's.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RemoteWriteFigures {
@@ -127,7 +133,7 @@ impl Scrape {
         };
         Scrape {
             status,
-            namespace: String::new(),
+            namespace: namespace(),
             steps: tally
                 .names
                 .iter()

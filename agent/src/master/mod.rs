@@ -184,16 +184,17 @@ impl MasterHandle {
         let _ = self.call(Call::Stop(forced)).await;
     }
 
-    /// Ends the remote-write push before the master exits: the last figures (taken when
-    /// the test finished, or now) are flushed within [`remote_write::FLUSH_LIMIT`].
+    /// Ends the remote-write push before the master exits: the figures now are sampled a
+    /// last time and everything is flushed within [`remote_write::FLUSH_LIMIT`].
     /// Returns the batches left undelivered (0 without remote-write).
     pub async fn finish_remote_write(&self) -> usize {
         let Some(w) = &self.remote_write else {
             return 0;
         };
-        // Still running (a SIGTERM before the end): these figures are the last ones.
+        // The figures now are the last ones (the final ones once finished; the sampler may
+        // not have taken them yet, and one more sample of the same values costs nothing).
         let last = match self.call(Call::Metrics).await {
-            Some(Answer::Metrics(s)) if s.status.phase != api::TestPhase::Finished => Some(*s),
+            Some(Answer::Metrics(s)) => Some(*s),
             _ => None,
         };
         w.finish(last).await
@@ -274,9 +275,7 @@ pub async fn start(config: MasterConfig) -> Result<MasterHandle, MasterError> {
 
 /// The task that owns the books.
 async fn books(mut core: Core, mut events: mpsc::UnboundedReceiver<Event>) {
-    // The `namespace` label of the metrics: the operator gives its master pod its
-    // namespace (downward API); a master outside a cluster has none.
-    let namespace = std::env::var("POD_NAMESPACE").unwrap_or_default();
+    let namespace = metrics::namespace();
     let mut links: HashMap<String, (u64, mpsc::UnboundedSender<ToAgent>)> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -54,7 +54,7 @@ pub struct RemoteWriteConfig {
 }
 
 /// Where the sampler takes the series from: the master's books, or `murmur run`'s last
-/// tick. `None` ends the sampling.
+/// tick. `None`: nothing to sample this time.
 pub type Source = Box<dyn FnMut() -> Pin<Box<dyn Future<Output = Option<Scrape>> + Send>> + Send>;
 
 /// A running pusher (cheap to clone; every clone is the same pusher).
@@ -164,7 +164,10 @@ impl RemoteWriter {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                let Some(scrape) = source().await else { return };
+                // Nothing yet (a local test before its first tick), or the books are gone.
+                let Some(scrape) = source().await else {
+                    continue;
+                };
                 let finished = scrape.status.phase == murmuration_crds::api::TestPhase::Finished;
                 w.record(scrape);
                 if finished {
