@@ -6,6 +6,11 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// The master's environment variable holding the remote-write bearer token: the operator
+/// sets it from the Secret key that `bearerTokenSecret` names; outside a cluster a person
+/// may set it.
+pub const REMOTE_WRITE_TOKEN_ENV: &str = "MURMUR_REMOTE_WRITE_TOKEN";
+
 /// `spec.metrics`: the test's figures pushed where people look.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

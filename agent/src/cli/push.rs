@@ -16,9 +16,7 @@ use crate::report::Report;
 use murmuration_model::remote_write::RemoteWritePlan;
 use murmuration_model::TestPlan;
 
-/// Environment variable holding the remote-write bearer token (the operator sets it from
-/// the Secret that `bearerTokenSecret` names).
-pub(super) const TOKEN_ENV: &str = "MURMUR_REMOTE_WRITE_TOKEN";
+use murmuration_crds::metrics::REMOTE_WRITE_TOKEN_ENV as TOKEN_ENV;
 
 /// The remote-write token's options, shared by `run` and `master`.
 #[derive(clap::Args, Debug, Clone)]
