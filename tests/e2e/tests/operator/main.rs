@@ -14,6 +14,8 @@
 //!   status shows its groups, without the operator's own status writes making it reconcile
 //!   in a loop or apply the test's objects again;
 //! - [`examples`]: the examples (http, messaging, WebSocket) run to Passed;
+//! - [`pushed`]: a LoadTest with `spec.metrics.remoteWrite` and a token Secret pushes its
+//!   series to a real Prometheus, found there with their labels up to the final count;
 //! - [`invalid`]: an invalid LoadTest is refused by the schema or creates nothing, and
 //!   recovers when fixed; `kubectl wait --for=condition=Finished` returns when it ends; a
 //!   finished test keeps its result and its report (`murmur report`) after its pods are
@@ -36,6 +38,7 @@ mod failures;
 mod invalid;
 mod lifecycle;
 mod parts;
+mod pushed;
 mod resilience;
 mod running;
 mod support;
@@ -71,6 +74,7 @@ async fn the_operator_runs_scales_and_cleans_up_load_tests() -> Result<()> {
     step("running", running::runs_scales_and_stops(&c)).await?;
     step("parts", parts::throttles_and_coordinators_live(&c)).await?;
     step("examples", examples::examples_pass(&c)).await?;
+    step("remote-write", pushed::remote_write_reaches_prometheus(&c)).await?;
     step("invalid", invalid::invalid_then_fixed(&c)).await?;
     step(
         "failed threshold in CI",
