@@ -229,7 +229,13 @@ fn a_remote_write_secret_without_a_token_outside_a_cluster_exits_2_saying_how() 
     .unwrap();
     for agents in ["0", "1"] {
         let o = Command::new(MURMUR)
-            .args(["run", manifest.to_str().unwrap(), "--agents", agents, "--out"])
+            .args([
+                "run",
+                manifest.to_str().unwrap(),
+                "--agents",
+                agents,
+                "--out",
+            ])
             .arg(out.path())
             .env_remove("MURMUR_REMOTE_WRITE_TOKEN")
             .stdin(Stdio::null())

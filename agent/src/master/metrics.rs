@@ -116,6 +116,8 @@ impl Scrape {
                     interval: String::new(),
                     requested: t.requested,
                     executed: t.executed,
+                    // The report keeps no waiting count: asked for and not granted yet
+                    // is what waits (a user stopped while waiting leaves it one high).
                     waiting: t.requested.saturating_sub(t.executed),
                     shares: Default::default(),
                 })
