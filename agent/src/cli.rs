@@ -11,13 +11,14 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::sync::mpsc;
 
-use crate::engine::{run_test, Command, EngineOptions};
+use crate::engine::{Command, EngineOptions};
 use crate::plan::load_plan_with_vars;
 use crate::progress::{Progress, ProgressTarget};
 use crate::registry::Registry;
 use crate::report::Outcome;
 
 mod cluster;
+mod push;
 
 /// Exit code: the test ran and every threshold held.
 pub const EXIT_PASSED: u8 = 0;
@@ -100,6 +101,8 @@ struct MasterArgs {
     /// kubelet creates it); never created.
     #[arg(long, env = "MURMUR_TERMINATION_LOG", default_value = TERMINATION_LOG)]
     termination_log: PathBuf,
+    #[command(flatten)]
+    remote_write: push::RemoteWriteArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -165,6 +168,8 @@ struct RunArgs {
     /// process).
     #[arg(long, default_value_t = 0)]
     agents: u32,
+    #[command(flatten)]
+    remote_write: push::RemoteWriteArgs,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -295,6 +300,13 @@ fn run_command(args: RunArgs, registry: Registry) -> ExitCode {
         if duration.is_some() {
             plan.duration = duration;
         }
+        let push_token = match args.remote_write.token(plan.remote_write.as_ref()) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(EXIT_INVALID);
+            }
+        };
         let opts = EngineOptions {
             workers: args.workers.unwrap_or(EngineOptions::default().workers),
             ..EngineOptions::default()
@@ -313,7 +325,7 @@ fn run_command(args: RunArgs, registry: Registry) -> ExitCode {
             std::future::pending::<()>().await;
         });
         let mut progress = Progress::new(target);
-        let report = run_test(plan, &registry, opts, rx, |r| progress.update(r)).await;
+        let report = push::run_local(plan, &registry, opts, rx, &mut progress, push_token).await;
         progress.finish();
         let report = match report {
             Ok(r) => r,
@@ -415,6 +427,13 @@ async fn run_distributed(
     if let Some(d) = duration {
         manifests.test.spec.duration = Some(murmuration_crds::units::format_duration(d));
     }
+    let remote_write_token = match args.remote_write.token(push::plan_of(&manifests).as_ref()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
     let token = random_token();
     let config = crate::master::MasterConfig {
         listen: "127.0.0.1:0".parse().expect("a literal address"),
@@ -425,6 +444,7 @@ async fn run_distributed(
             agents: Some(args.agents as u64),
             ..Default::default()
         },
+        remote_write_token,
     };
     let master = match crate::master::start(config).await {
         Ok(m) => m,
@@ -503,6 +523,7 @@ async fn run_distributed(
         }
     }
     progress.finish();
+    master.finish_remote_write().await;
     let Some(report) = master.report().await else {
         eprintln!("error: the master stopped before its report");
         return ExitCode::from(EXIT_FAILED);
@@ -560,6 +581,10 @@ fn master_command(args: MasterArgs, registry: Registry) -> ExitCode {
         Ok(m) => m,
         Err(e) => return fatal(&args.termination_log, &e.to_string(), EXIT_INVALID),
     };
+    let remote_write_token = match args.remote_write.token(push::plan_of(&manifests).as_ref()) {
+        Ok(t) => t,
+        Err(e) => return fatal(&args.termination_log, &e, EXIT_INVALID),
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -574,11 +599,14 @@ fn master_command(args: MasterArgs, registry: Registry) -> ExitCode {
                 agents: args.agents,
                 ..Default::default()
             },
+            remote_write_token,
         };
         match crate::master::start(config).await {
             Ok(m) => {
                 println!("listening on {} (master of {})", m.addr(), m.test());
                 terminated().await;
+                // The last figures reach Prometheus before the pod goes (bounded).
+                m.finish_remote_write().await;
                 ExitCode::SUCCESS
             }
             Err(e) => fatal(&args.termination_log, &e.to_string(), EXIT_INVALID),

@@ -574,8 +574,36 @@ pub async fn run_test(
     plan: TestPlan,
     registry: &Registry,
     opts: EngineOptions,
-    mut commands: mpsc::UnboundedReceiver<Command>,
+    commands: mpsc::UnboundedReceiver<Command>,
     mut on_tick: impl FnMut(&Report),
+) -> Result<Report, EngineError> {
+    run_test_observed(plan, registry, opts, commands, |tick| {
+        if !tick.finished {
+            on_tick(tick.report)
+        }
+    })
+    .await
+}
+
+/// What an observer of a local test sees at each collection period, and once at the end.
+pub struct Tick<'a> {
+    /// The report so far (the final one when `finished`).
+    pub report: &'a Report,
+    /// The figures it was built from, exact histograms included (for `/metrics`-like
+    /// series, which need more than the report's percentiles).
+    pub tally: &'a Tally,
+    /// Whether this is the end of the test.
+    pub finished: bool,
+}
+
+/// [`run_test`], with an observer that also sees the figures behind each report and the
+/// final one (`murmur run`'s remote-write push).
+pub async fn run_test_observed(
+    plan: TestPlan,
+    registry: &Registry,
+    opts: EngineOptions,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    mut on_tick: impl FnMut(Tick<'_>),
 ) -> Result<Report, EngineError> {
     let env = test_env(&plan)?;
     let engine = Engine::start(&plan, registry, env, opts.workers, false).await?;
@@ -621,6 +649,11 @@ pub async fn run_test(
     run.tally.names = run.engine.env.steps.all();
     run.tally.add(t, 0, &last);
     let report = run.report(&ended_by, true);
+    on_tick(Tick {
+        report: &report,
+        tally: &run.tally,
+        finished: true,
+    });
     tracing::info!(test = %run.plan.name, result = ?report.result, ended_by, "test finished");
     Ok(report)
 }
@@ -637,7 +670,7 @@ pub fn now_ms() -> u64 {
 async fn control_loop(
     run: &mut Run,
     commands: &mut mpsc::UnboundedReceiver<Command>,
-    on_tick: &mut impl FnMut(&Report),
+    on_tick: &mut impl FnMut(Tick<'_>),
 ) -> String {
     let deadline = run.plan.duration.map(|d| run.started_at + d);
     let mut tick =
@@ -686,7 +719,11 @@ async fn control_loop(
         }
         if std::mem::take(&mut collect_due) {
             run.collect(Instant::now());
-            on_tick(&run.report("running", false));
+            on_tick(Tick {
+                report: &run.report("running", false),
+                tally: &run.tally,
+                finished: false,
+            });
         }
         let next_change = pace.next;
         // Every user ended by itself: all repeats done (or, without repeats, every user

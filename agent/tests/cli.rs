@@ -221,6 +221,40 @@ fn invalid_input_exits_2_naming_the_field_and_starts_nothing() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
 }
 
+#[test]
+fn a_remote_write_secret_without_a_token_outside_a_cluster_exits_2_saying_how() {
+    let out = tempfile::tempdir().unwrap();
+    let manifest = out.path().join("push.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: murmuration.dev/v1alpha1\nkind: LoadTest\nmetadata: {name: push}\nspec:\n  users: 1\n  duration: 1s\n  scenario: {http: {baseUrl: 'http://127.0.0.1:1', steps: [{request: {path: /}}]}}\n  metrics: {remoteWrite: {url: 'http://127.0.0.1:1/api/v1/write', bearerTokenSecret: {name: prom-writer, key: token}}}\n",
+    )
+    .unwrap();
+    for agents in ["0", "1"] {
+        let o = Command::new(MURMUR)
+            .args([
+                "run",
+                manifest.to_str().unwrap(),
+                "--agents",
+                agents,
+                "--out",
+            ])
+            .arg(out.path())
+            .env_remove("MURMUR_REMOTE_WRITE_TOKEN")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("spec.metrics.remoteWrite.bearerTokenSecret")
+                && err.contains("--remote-write-token-file"),
+            "{err}"
+        );
+        assert!(!out.path().join("report.json").exists(), "nothing ran");
+    }
+}
+
 /// Waits until `path` exists (the test's own deadline, not a sleep).
 fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let end = Instant::now() + limit;

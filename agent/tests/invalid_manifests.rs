@@ -96,6 +96,24 @@ fn cases() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "LoadTest",
         ),
         (
+            "remoteWrite url not http",
+            g(
+                "duration: 1m",
+                "duration: 1m\n  metrics: {remoteWrite: {url: \"ftp://127.0.0.1:1/w\"}}",
+            ),
+            "spec.metrics.remoteWrite.url",
+            "LoadTest",
+        ),
+        (
+            "remoteWrite interval too short",
+            g(
+                "duration: 1m",
+                "duration: 1m\n  metrics: {remoteWrite: {url: \"http://127.0.0.1:1/w\", interval: 100ms}}",
+            ),
+            "spec.metrics.remoteWrite.interval",
+            "LoadTest",
+        ),
+        (
             "userRate not a rate",
             g("userRate: 5/s", "userRate: 5 per second"),
             "spec.userRate",

@@ -13,6 +13,7 @@ pub mod api;
 pub mod coordinator;
 pub mod crd;
 pub mod loadtest;
+pub mod metrics;
 pub mod profile;
 pub mod report;
 pub mod schema;

@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::schema::{any_value, optional_duration_string, rate_string};
 
+mod cleanup;
+pub use cleanup::{CleanupPolicy, CleanupWhen};
+
 /// A distributed load test: users running a scenario against a target, spread over agent
 /// pods, with live status and a stored report.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -130,6 +133,11 @@ pub struct LoadTestSpec {
     /// What is removed after the test ends, and when.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cleanup: Option<CleanupPolicy>,
+
+    /// Where the master pushes the test's figures besides its `/metrics` endpoint:
+    /// `{remoteWrite: {url: ..., bearerTokenSecret: {name, key}, interval: 5s}}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<crate::metrics::MetricsSpec>,
 
     /// Set it to stop a running test before its end: `Graceful` lets every user finish
     /// its iteration, `Forced` aborts them at once (`Graceful` may be changed to `Forced`
@@ -562,34 +570,6 @@ pub struct StartPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "optional_duration_string")]
     pub wait_for_agents: Option<String>,
-}
-
-/// What happens after the test ends.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct CleanupPolicy {
-    /// Which pods are removed at the end: `Always`, `OnSuccess` (keep a failed test's pods
-    /// for inspection) or `Never`. Default `OnSuccess`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub policy: Option<CleanupWhen>,
-
-    /// Delete the LoadTest itself this many seconds after it finished. Default: keep it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
-    pub ttl_seconds_after_finished: Option<i64>,
-}
-
-/// When pods are removed after the test.
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
-#[schemars(transform = crate::schema::field_describes)]
-pub enum CleanupWhen {
-    /// Remove the pods after every test.
-    Always,
-    /// Remove the pods only after a test that passed.
-    #[default]
-    OnSuccess,
-    /// Keep the pods.
-    Never,
 }
 
 /// What the operator reports about a test.

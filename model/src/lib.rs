@@ -21,6 +21,7 @@ pub mod manifest;
 pub mod messaging;
 pub mod pacing;
 pub mod plan;
+pub mod remote_write;
 pub mod template;
 pub mod thresholds;
 pub mod throttle;

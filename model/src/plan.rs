@@ -92,6 +92,8 @@ pub struct TestPlan {
     pub coordinators: Vec<(String, CoordinatorSpec)>,
     /// How long to wait for all agents before failing.
     pub wait_for_agents: Duration,
+    /// Where the master pushes the test's series (`spec.metrics.remoteWrite`), if anywhere.
+    pub remote_write: Option<crate::remote_write::RemoteWritePlan>,
 }
 
 /// Which custom scenarios (`scenario.custom.name`) exist.
@@ -177,6 +179,7 @@ pub fn build_plan(
         .transpose()
         .map_err(|e| FieldError::new("spec.start.waitForAgents", e))?
         .unwrap_or(Duration::from_secs(300));
+    let remote_write = crate::remote_write::compile(spec.metrics.as_ref())?;
     let scenario = scenario(spec, &vars, throttles, coordinators, custom)?;
     let thresholds = Thresholds::compile(&spec.thresholds)
         .map_err(|e| FieldError::new(e.field.clone(), e.reason.clone()))?;
@@ -204,6 +207,7 @@ pub fn build_plan(
         throttles: throttles.to_vec(),
         coordinators: coordinators.to_vec(),
         wait_for_agents,
+        remote_write,
     })
 }
 

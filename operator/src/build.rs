@@ -139,6 +139,31 @@ fn token_env(lt: &LoadTest) -> EnvVar {
     }
 }
 
+/// The remote-write bearer token of `spec.metrics.remoteWrite`, from the Secret key it
+/// names (the master reads it from this variable).
+fn remote_write_token_env(lt: &LoadTest) -> Option<EnvVar> {
+    let secret = lt
+        .spec
+        .metrics
+        .as_ref()?
+        .remote_write
+        .as_ref()?
+        .bearer_token_secret
+        .as_ref()?;
+    Some(EnvVar {
+        name: murmuration_crds::metrics::REMOTE_WRITE_TOKEN_ENV.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.name.clone(),
+                key: secret.key.clone(),
+                ..SecretKeySelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    })
+}
+
 fn hardened_container() -> SecurityContext {
     SecurityContext {
         allow_privilege_escalation: Some(false),
@@ -226,15 +251,20 @@ pub fn master_pod(
                     "--listen".into(),
                     format!("$(POD_IP):{MASTER_PORT}"),
                 ]),
-                env: Some(vec![
-                    field_env("POD_IP", "status.podIP"),
-                    // The `namespace` label of the master's metrics.
-                    field_env("POD_NAMESPACE", "metadata.namespace"),
-                    token_env(lt),
-                    value_env("MURMUR_TEST", manifests),
-                    value_env("MURMUR_LOG", &settings.log),
-                    value_env("MURMUR_TERMINATION_LOG", TERMINATION_LOG),
-                ]),
+                env: Some(
+                    [
+                        field_env("POD_IP", "status.podIP"),
+                        // The `namespace` label of the master's metrics.
+                        field_env("POD_NAMESPACE", "metadata.namespace"),
+                        token_env(lt),
+                        value_env("MURMUR_TEST", manifests),
+                        value_env("MURMUR_LOG", &settings.log),
+                        value_env("MURMUR_TERMINATION_LOG", TERMINATION_LOG),
+                    ]
+                    .into_iter()
+                    .chain(remote_write_token_env(lt))
+                    .collect(),
+                ),
                 termination_message_path: Some(TERMINATION_LOG.into()),
                 // A master that dies before it could write its error still says why: the
                 // tail of its log becomes the message.

@@ -172,6 +172,7 @@ pub fn edits_not_taken(started: &LoadTestSpec, now: &LoadTestSpec) -> Vec<String
     check("arrivals", started.arrivals != now.arrivals);
     check("scenario", started.scenario != now.scenario);
     check("thresholds", started.thresholds != now.thresholds);
+    check("metrics", started.metrics != now.metrics);
     fields
 }
 

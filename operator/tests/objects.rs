@@ -66,6 +66,10 @@ spec:
         - coordinate: pairs
   thresholds:
     - {metric: latency.p99, max: 500ms}
+  metrics:
+    remoteWrite:
+      url: http://prometheus.monitoring:9090/api/v1/write
+      bearerTokenSecret: {name: prom-writer, key: token}
   agent:
     resources: {requests: {cpu: 500m, memory: 256Mi}}
     nodeSelector: {pool: load}

@@ -8,12 +8,15 @@
 //! is exact and needs no state of its own).
 
 use hdrhistogram::Histogram;
-use murmuration_crds::api::MasterStatus;
+use murmuration_crds::api::{CoordinatorFigures, MasterStatus, TestPhase, ThrottleFigures};
+use murmuration_crds::loadtest::{AgentCounts, ArrivalCounts, ProfileStatus, UserCounts};
 use prometheus::{
     Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry as Prom, TextEncoder,
 };
 
 use crate::metrics::{ErrorKind, StepStats};
+use crate::report::Report;
+use crate::tally::Tally;
 
 /// Upper bounds of the latency histogram's buckets, seconds: 100 µs to 1 min, about three
 /// per decade, so that quantiles of anything from a cache hit to a peer's reply read well.
@@ -34,6 +37,119 @@ pub struct Scrape {
     pub namespace: String,
     /// Each step's name and figures since the start.
     pub steps: Vec<(String, StepStats)>,
+    /// The remote-write pusher's own figures, when the test pushes.
+    pub remote_write: Option<RemoteWriteFigures>,
+}
+
+/// The `namespace` label of the series: the operator gives its master pod its namespace
+/// (downward API, `POD_NAMESPACE`); outside a cluster it is empty unless that is set.
+pub fn namespace() -> String {
+    std::env::var("POD_NAMESPACE").unwrap_or_default()
+}
+
+/// The remote-write pusher's own figures, shown with the test's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RemoteWriteFigures {
+    /// Batches dropped because the buffer was full (the oldest goes).
+    pub dropped_full: u64,
+    /// Batches the endpoint refused for good (4xx other than 429).
+    pub refused: u64,
+    /// Batches waiting to be sent.
+    pub pending: u64,
+}
+
+impl Scrape {
+    /// The scrape of a test run in this process (`murmur run` without agents), from the
+    /// local controller's report and the exact figures behind it, so that it pushes the
+    /// same series a master would. Its one "agent" is this process.
+    pub fn of_local_run(report: &Report, tally: &Tally, finished: bool) -> Scrape {
+        let u = &report.users;
+        let last = report.series.last();
+        let running = if finished {
+            0
+        } else {
+            last.map_or(0, |p| p.users)
+        };
+        let planned = last.and_then(|p| p.planned);
+        let status = MasterStatus {
+            test: report.name.clone(),
+            phase: if finished {
+                TestPhase::Finished
+            } else {
+                TestPhase::Running
+            },
+            ended_by: finished.then(|| report.ended_by.clone()),
+            result: None,
+            message: None,
+            started_at_ms: Some(report.started_at_ms),
+            elapsed_s: report.duration_s,
+            users: UserCounts {
+                desired: u.desired as i64,
+                running: running as i64,
+                started: u.started as i64,
+                finished: u.finished as i64,
+                failed: u.failed as i64,
+            },
+            profile: (report.profile.as_deref() == Some("stages")).then(|| ProfileStatus {
+                planned_users: planned.unwrap_or(0.0).round() as i64,
+                ..Default::default()
+            }),
+            arrivals: (report.profile.as_deref() == Some("arrivals")).then(|| ArrivalCounts {
+                planned_per_second: planned.unwrap_or(0.0),
+                started: u.started as i64,
+                dropped: u.dropped as i64,
+            }),
+            agents: AgentCounts {
+                desired: 1,
+                ready: 1,
+            },
+            agent_status: Vec::new(),
+            requests: Default::default(),
+            latency_ms: Default::default(),
+            thresholds: Vec::new(),
+            throttles: report
+                .throttles
+                .iter()
+                .map(|t| ThrottleFigures {
+                    name: t.name.clone(),
+                    rate: t.rate,
+                    interval: String::new(),
+                    requested: t.requested,
+                    executed: t.executed,
+                    // The report keeps no waiting count: asked for and not granted yet
+                    // is what waits (a user stopped while waiting leaves it one high).
+                    waiting: t.requested.saturating_sub(t.executed),
+                    shares: Default::default(),
+                })
+                .collect(),
+            coordinators: report
+                .coordinators
+                .iter()
+                .map(|c| CoordinatorFigures {
+                    name: c.name.clone(),
+                    waiting: 0,
+                    groups: c.groups,
+                    timeouts: c.timeouts,
+                })
+                .collect(),
+        };
+        Scrape {
+            status,
+            namespace: namespace(),
+            steps: tally
+                .names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    (
+                        n.clone(),
+                        tally.totals.steps.get(i).cloned().unwrap_or_default(),
+                    )
+                })
+                .collect(),
+            remote_write: None,
+        }
+    }
 }
 
 /// Cumulative counts of `h` (microseconds) at each bucket bound of
@@ -53,6 +169,16 @@ pub fn latency_buckets(h: &Histogram<u64>) -> (Vec<u64>, u64, f64) {
 
 /// The scrape as Prometheus text (exposition format 0.0.4).
 pub fn prometheus_text(scrape: &Scrape) -> String {
+    let mut buf = Vec::new();
+    TextEncoder::new()
+        .encode(&families(scrape), &mut buf)
+        .expect("text encoding into memory");
+    String::from_utf8(buf).unwrap_or_default()
+}
+
+/// The scrape's metric families: the one source of the series that `/metrics` shows as
+/// text and remote-write pushes as time series ([`super::remote_write`]).
+pub fn families(scrape: &Scrape) -> Vec<prometheus::proto::MetricFamily> {
     let s = &scrape.status;
     let reg = Prom::new();
     let test = s.test.as_str();
@@ -230,6 +356,27 @@ pub fn prometheus_text(scrape: &Scrape) -> String {
     register(Box::new(elapsed.clone()));
     elapsed.with_label_values(&[test, ns]).set(s.elapsed_s);
 
+    if let Some(rw) = &scrape.remote_write {
+        let dropped = counter(
+            "murmuration_remote_write_dropped_batches_total",
+            "Remote-write batches given up: the buffer was full (the oldest goes) or the endpoint refused it (4xx)",
+            &["test", "namespace", "reason"],
+        );
+        dropped
+            .with_label_values(&[test, ns, "full"])
+            .inc_by(rw.dropped_full);
+        dropped
+            .with_label_values(&[test, ns, "refused"])
+            .inc_by(rw.refused);
+        gauge(
+            "murmuration_remote_write_pending_batches",
+            "Remote-write batches waiting to be sent",
+            &["test", "namespace"],
+        )
+        .with_label_values(&[test, ns])
+        .set(rw.pending as i64);
+    }
+
     let mut gathered = reg.gather();
     // The latency histogram's buckets come from the exact HDR histograms of the books, not
     // from observations, so its family is built here rather than by a HistogramVec.
@@ -242,11 +389,7 @@ pub fn prometheus_text(scrape: &Scrape) -> String {
         gathered.push(family);
         gathered.sort_by(|a, b| a.name().cmp(b.name()));
     }
-    let mut buf = Vec::new();
-    TextEncoder::new()
-        .encode(&gathered, &mut buf)
-        .expect("text encoding into memory");
-    String::from_utf8(buf).unwrap_or_default()
+    gathered
 }
 
 /// One step's latency as a Prometheus histogram metric.
@@ -314,6 +457,7 @@ mod tests {
             status,
             namespace: "team-a".into(),
             steps: vec![("buy".into(), buy), ("idle".into(), StepStats::default())],
+            remote_write: None,
         }
     }
 

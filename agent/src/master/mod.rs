@@ -6,6 +6,7 @@
 //! a channel, so that nothing in the books needs a lock.
 
 pub mod metrics;
+pub mod remote_write;
 pub mod state;
 
 use std::collections::HashMap;
@@ -34,6 +35,7 @@ use crate::registry::Registry;
 use crate::report::Report;
 use crate::scenario::Vars;
 use crate::wire::{read_frame, write_frame, FromAgent, ToAgent, FRAME_TIMEOUT};
+use remote_write::{RemoteWriteConfig, RemoteWriter};
 use state::{Core, MasterOptions};
 
 /// Largest API request body.
@@ -48,6 +50,9 @@ pub enum MasterError {
     /// The token is unusable.
     #[error("the token must have at least 16 characters")]
     WeakToken,
+    /// `spec.metrics.remoteWrite` cannot push: its URL or token cannot make a request.
+    #[error("spec.metrics.remoteWrite: {0}")]
+    RemoteWrite(String),
     /// The address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -71,6 +76,9 @@ pub struct MasterConfig {
     pub registry: Registry,
     /// Settings.
     pub options: MasterOptions,
+    /// The bearer token of `spec.metrics.remoteWrite` (from its Secret in a cluster, from
+    /// a file or the environment outside one).
+    pub remote_write_token: Option<String>,
 }
 
 /// A call of the API, as the books see it.
@@ -122,6 +130,7 @@ pub struct MasterHandle {
     addr: SocketAddr,
     events: mpsc::UnboundedSender<Event>,
     test: String,
+    remote_write: Option<RemoteWriter>,
 }
 
 impl MasterHandle {
@@ -174,6 +183,22 @@ impl MasterHandle {
     pub async fn stop(&self, forced: bool) {
         let _ = self.call(Call::Stop(forced)).await;
     }
+
+    /// Ends the remote-write push before the master exits: the figures now are sampled a
+    /// last time and everything is flushed within [`remote_write::FLUSH_LIMIT`].
+    /// Returns the batches left undelivered (0 without remote-write).
+    pub async fn finish_remote_write(&self) -> usize {
+        let Some(w) = &self.remote_write else {
+            return 0;
+        };
+        // The figures now are the last ones (the final ones once finished; the sampler may
+        // not have taken them yet, and one more sample of the same values costs nothing).
+        let last = match self.call(Call::Metrics).await {
+            Some(Answer::Metrics(s)) => Some(*s),
+            _ => None,
+        };
+        w.finish(last).await
+    }
 }
 
 /// Starts a master: checks the test, binds, and serves until the process ends.
@@ -200,6 +225,7 @@ pub async fn start(config: MasterConfig) -> Result<MasterHandle, MasterError> {
             source,
         })?;
     let test = plan.name.clone();
+    let push = plan.remote_write.clone();
     let core = Core::new(
         plan,
         config.manifests.to_json(),
@@ -208,21 +234,48 @@ pub async fn start(config: MasterConfig) -> Result<MasterHandle, MasterError> {
     );
     let (events, rx) = mpsc::unbounded_channel();
     tokio::spawn(books(core, rx));
+    let remote_write = match push {
+        Some(p) => {
+            let config = RemoteWriteConfig {
+                url: p.url,
+                token: config.remote_write_token.clone(),
+                interval: p.interval,
+            };
+            let events = events.clone();
+            let source: remote_write::Source = Box::new(move || {
+                let events = events.clone();
+                Box::pin(async move {
+                    let (tx, rx) = oneshot::channel();
+                    events.send(Event::Api(Call::Metrics, tx)).ok()?;
+                    match rx.await.ok()? {
+                        Answer::Metrics(s) => Some(*s),
+                        _ => None,
+                    }
+                })
+            });
+            Some(RemoteWriter::start(config, source).map_err(MasterError::RemoteWrite)?)
+        }
+        None => None,
+    };
     let shared = Arc::new(Server {
         token: config.token,
         events: events.clone(),
         conns: AtomicU64::new(0),
+        remote_write: remote_write.clone(),
     });
     tokio::spawn(accept(listener, shared));
     tracing::info!(%addr, test = %test, "master listening");
-    Ok(MasterHandle { addr, events, test })
+    Ok(MasterHandle {
+        addr,
+        events,
+        test,
+        remote_write,
+    })
 }
 
 /// The task that owns the books.
 async fn books(mut core: Core, mut events: mpsc::UnboundedReceiver<Event>) {
-    // The `namespace` label of the metrics: the operator gives its master pod its
-    // namespace (downward API); a master outside a cluster has none.
-    let namespace = std::env::var("POD_NAMESPACE").unwrap_or_default();
+    let namespace = metrics::namespace();
     let mut links: HashMap<String, (u64, mpsc::UnboundedSender<ToAgent>)> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -296,6 +349,7 @@ async fn books(mut core: Core, mut events: mpsc::UnboundedReceiver<Event>) {
                         status: core.status(now),
                         namespace: namespace.clone(),
                         steps: core.step_totals(),
+                        remote_write: None,
                     })),
                     Call::Users(n) => match core.set_users(n) {
                         Ok(()) => Answer::Status(Box::new(core.status(now))),
@@ -364,6 +418,7 @@ struct Server {
     token: String,
     events: mpsc::UnboundedSender<Event>,
     conns: AtomicU64,
+    remote_write: Option<RemoteWriter>,
 }
 
 async fn accept(listener: TcpListener, server: Arc<Server>) {
@@ -491,10 +546,13 @@ async fn handle_request(
         (&Method::GET, api::STATUS) => call(Call::Status).await,
         (&Method::GET, api::METRICS) => {
             return match call(Call::Metrics).await {
-                Ok(Answer::Metrics(s)) => Response::builder()
-                    .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
-                    .body(Full::new(Bytes::from(metrics::prometheus_text(&s))))
-                    .expect("static response parts"),
+                Ok(Answer::Metrics(mut s)) => {
+                    s.remote_write = server.remote_write.as_ref().map(RemoteWriter::figures);
+                    Response::builder()
+                        .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
+                        .body(Full::new(Bytes::from(metrics::prometheus_text(&s))))
+                        .expect("static response parts")
+                }
                 Ok(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "unexpected answer"),
                 Err(r) => r,
             };

@@ -27,10 +27,11 @@ pub struct ScrapeJob {
 
 /// A running Prometheus server.
 pub struct Prometheus {
-    child: Child,
+    /// The server, `None` while stopped.
+    child: Option<(Child, CleanupGuard)>,
+    bin: PathBuf,
     addr: String,
     dir: tempfile::TempDir,
-    _guard: CleanupGuard,
 }
 
 /// The `prometheus` binary, installed if needed (idempotent).
@@ -73,16 +74,41 @@ impl Prometheus {
         std::fs::write(&config_file, config)
             .map_err(|e| Error::Setup(format!("{}: {e}", config_file.display())))?;
         let port = free_port("127.0.0.1").map_err(|e| Error::Setup(format!("port: {e}")))?;
-        let addr = format!("127.0.0.1:{port}");
-        let log = std::fs::File::create(dir.path().join("prometheus.log"))
+        let mut p = Prometheus {
+            child: None,
+            bin,
+            addr: format!("127.0.0.1:{port}"),
+            dir,
+        };
+        p.restart().await?;
+        Ok(p)
+    }
+
+    /// Stops the server (SIGTERM, as an operator stopping it would), keeping its storage
+    /// and its port for [`Prometheus::restart`]: what a pusher sees as an outage.
+    pub fn stop(&mut self) {
+        if let Some((mut child, _guard)) = self.child.take() {
+            kill_child(&mut child, Duration::from_secs(10));
+        }
+    }
+
+    /// Starts the server (again) on the same port and storage, and waits until it is
+    /// ready.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.stop();
+        let config_file = self.dir.path().join("prometheus.yml");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("prometheus.log"))
             .map_err(|e| Error::Setup(format!("log: {e}")))?;
-        let mut cmd = Command::new(&bin);
+        let mut cmd = Command::new(&self.bin);
         cmd.arg(format!("--config.file={}", config_file.display()))
             .arg(format!(
                 "--storage.tsdb.path={}",
-                dir.path().join("data").display()
+                self.dir.path().join("data").display()
             ))
-            .arg(format!("--web.listen-address={addr}"))
+            .arg(format!("--web.listen-address={}", self.addr))
             .arg("--web.enable-remote-write-receiver")
             // Samples pushed late (a master's buffer after an outage) are still taken.
             .arg("--storage.tsdb.retention.time=1d")
@@ -90,14 +116,10 @@ impl Prometheus {
             .stdout(log.try_clone().map_err(|e| Error::Setup(e.to_string()))?)
             .stderr(log);
         let child =
-            spawn_guarded(cmd).map_err(|e| Error::Setup(format!("{}: {e}", bin.display())))?;
+            spawn_guarded(cmd).map_err(|e| Error::Setup(format!("{}: {e}", self.bin.display())))?;
         let guard = register(Cleanup::KillGroup(child.id()));
-        let p = Prometheus {
-            child,
-            addr,
-            dir,
-            _guard: guard,
-        };
+        self.child = Some((child, guard));
+        let p = &*self;
         let ready = poll_until(
             "prometheus ready",
             scaled(Duration::from_secs(30)),
@@ -112,7 +134,7 @@ impl Prometheus {
         if let Err(e) = ready {
             return Err(Error::Setup(format!("{e}\n{}", p.log())));
         }
-        Ok(p)
+        Ok(())
     }
 
     /// `host:port` of its HTTP API.
@@ -139,7 +161,9 @@ impl Prometheus {
 
 impl Drop for Prometheus {
     fn drop(&mut self) {
-        kill_child(&mut self.child, Duration::from_secs(2));
+        if let Some((mut child, _guard)) = self.child.take() {
+            kill_child(&mut child, Duration::from_secs(2));
+        }
     }
 }
 

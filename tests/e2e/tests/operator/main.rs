@@ -16,6 +16,8 @@
 //! - [`examples`]: the examples (http, messaging, WebSocket) run to Passed;
 //! - [`profiles`]: the stages example scaled mid-ramp (`ProfileOverridden`, exactly the
 //!   users set run on), the arrivals example run to `Succeeded` with its arrivals in status;
+//! - [`pushed`]: a LoadTest with `spec.metrics.remoteWrite` and a token Secret pushes its
+//!   series to a real Prometheus, found there with their labels up to the final count;
 //! - [`invalid`]: an invalid LoadTest is refused by the schema or creates nothing, and
 //!   recovers when fixed; `kubectl wait --for=condition=Finished` returns when it ends; a
 //!   finished test keeps its result and its report (`murmur report`) after its pods are
@@ -39,6 +41,7 @@ mod invalid;
 mod lifecycle;
 mod parts;
 mod profiles;
+mod pushed;
 mod resilience;
 mod running;
 mod support;
@@ -79,6 +82,7 @@ async fn the_operator_runs_scales_and_cleans_up_load_tests() -> Result<()> {
         profiles::stages_overridden_and_arrivals_succeed(&c),
     )
     .await?;
+    step("remote-write", pushed::remote_write_reaches_prometheus(&c)).await?;
     step("invalid", invalid::invalid_then_fixed(&c)).await?;
     step(
         "failed threshold in CI",
