@@ -262,6 +262,7 @@ fn status_view(lt: &LoadTest, errors: &mut ErrorRate) -> Report {
         },
         total,
         steps: Vec::new(),
+        iterations: Default::default(),
         thresholds,
         throttles: Vec::new(),
         coordinators: Vec::new(),

@@ -296,6 +296,7 @@ async fn books(mut core: Core, mut events: mpsc::UnboundedReceiver<Event>) {
                         status: core.status(now),
                         namespace: namespace.clone(),
                         steps: core.step_totals(),
+                        iterations: core.iteration_durations(),
                     })),
                     Call::Users(n) => match core.set_users(n) {
                         Ok(()) => Answer::Status(Box::new(core.status(now))),

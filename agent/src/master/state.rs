@@ -191,6 +191,8 @@ pub struct Core {
     // Metrics.
     names: Vec<String>,
     totals: Period,
+    /// Iterations sampled for the report's plot.
+    sampled: crate::tally::IterationReservoir,
     /// Seconds not final yet: the merged period and users per agent.
     open: BTreeMap<i64, (Period, BTreeMap<String, u64>)>,
     /// Final seconds.
@@ -239,6 +241,7 @@ impl Core {
             coordinators: BTreeMap::new(),
             names: Vec::new(),
             totals: Period::default(),
+            sampled: Default::default(),
             open: BTreeMap::new(),
             series: BTreeMap::new(),
             peak: 0,

@@ -44,6 +44,9 @@ pub struct Report {
     pub total: StepSummary,
     /// Per step, in the order the scenario names them.
     pub steps: Vec<StepSummary>,
+    /// Iterations: one run of the scenario by one user, from its start to its end.
+    #[serde(default)]
+    pub iterations: IterationSummary,
     /// Each threshold with its observed value.
     pub thresholds: Vec<ThresholdOutcome>,
     /// Throttles' final figures.
@@ -132,6 +135,24 @@ pub struct StepSummary {
     pub corrected_latency_ms: Option<Percentiles>,
     /// The exact latency histogram (microseconds), HdrHistogram V2+deflate, base64.
     pub histogram: String,
+}
+
+/// Iterations of a whole test: how long one run of the scenario by one user took.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IterationSummary {
+    /// Iterations completed (the same as `users.iterations`).
+    pub count: u64,
+    /// Their duration in milliseconds.
+    pub duration_ms: Percentiles,
+    /// The exact duration histogram (microseconds), HdrHistogram V2+deflate, base64.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub histogram: String,
+    /// A uniform sample of at most 1,000 iterations, each `[start, duration]`: seconds
+    /// since the test's start and milliseconds. What the duration-against-start plot
+    /// draws.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub samples: Vec<[f64; 2]>,
 }
 
 /// A threshold and what was observed.

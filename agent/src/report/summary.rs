@@ -108,6 +108,18 @@ pub fn summary_table(r: &Report) -> String {
             String::new()
         }
     );
+    let it = &r.iterations;
+    if it.count > 0 {
+        let d = &it.duration_ms;
+        let _ = writeln!(
+            out,
+            "iteration (one run of the scenario by one user): p50 {}, p90 {}, p99 {}, max {}\n",
+            ms(d.p50),
+            ms(d.p90),
+            ms(d.p99),
+            ms(d.max)
+        );
+    }
     if u.dropped > 0 || r.scenario_is_open() {
         let _ = writeln!(
             out,

@@ -52,6 +52,7 @@ impl Core {
         e.1 += total.requests;
         e.2 += total.error_total();
         self.totals.merge(&period);
+        self.sampled.offer(&period.iterations.samples);
         if let Some(done) = self.series.get_mut(&s) {
             // A late second (an agent that was away): counters stay exact, percentiles
             // keep what the others measured.
@@ -108,6 +109,11 @@ impl Core {
             .collect()
     }
 
+    /// Every iteration's duration since the start (what `/metrics` shows).
+    pub fn iteration_durations(&self) -> hdrhistogram::Histogram<u64> {
+        self.totals.iterations.durations.clone()
+    }
+
     /// The report so far (`full`: with histograms).
     pub fn build(&self, full: bool, now: Instant) -> Report {
         let elapsed = self
@@ -142,6 +148,7 @@ impl Core {
             totals: self.totals.clone(),
             series,
             peak: self.peak.max(self.owner.len() as u64),
+            sampled: self.sampled.clone(),
         };
         let agents = self
             .agents
