@@ -16,6 +16,7 @@ pub mod loadtest;
 pub mod profile;
 pub mod report;
 pub mod schema;
+pub mod thresholds;
 pub mod throttle;
 pub mod units;
 pub mod websocket;

@@ -12,6 +12,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::schema::{any_value, optional_duration_string, rate_string};
+pub use crate::thresholds::{Baseline, Threshold};
 
 /// A distributed load test: users running a scenario against a target, spread over agent
 /// pods, with live status and a stored report.
@@ -118,6 +119,12 @@ pub struct LoadTestSpec {
     /// result `Failed`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub thresholds: Vec<Threshold>,
+
+    /// The report of an earlier run to compare with: each step's rate, p50/p99 and errors
+    /// beside it in the report and status, and what relative thresholds
+    /// (`maxIncrease`, `maxDecrease`) are measured against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<Baseline>,
 
     /// How agent pods are run (image, resources, scheduling). Ignored by `murmur run`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -502,33 +509,6 @@ pub struct CustomScenario {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "any_value")]
     pub config: Option<serde_json::Value>,
-}
-
-/// A pass/fail criterion.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Threshold {
-    /// What is measured: `latency.p50`, `latency.p90`, `latency.p95`, `latency.p99`,
-    /// `latency.p999`, `latency.max`, `latency.mean`, `errors.ratio`, `errors.count`,
-    /// `requests.count` or `requests.rate` (per second).
-    // The model's list of metrics (`murmuration_model::thresholds::METRICS`), as a pattern;
-    // a test of the model checks that the two agree.
-    #[schemars(regex(
-        pattern = r"^(latency\.p50|latency\.p90|latency\.p95|latency\.p99|latency\.p999|latency\.max|latency\.mean|errors\.ratio|errors\.count|requests\.count|requests\.rate)$"
-    ))]
-    pub metric: String,
-
-    /// Only this step (its request name); default: all steps together.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub step: Option<String>,
-
-    /// Upper bound: a duration for latencies (`500ms`), a number for the others (`"0.01"`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max: Option<String>,
-
-    /// Lower bound, same units as `max` (e.g. `requests.rate` at least `"1000"`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub min: Option<String>,
 }
 
 /// How agent pods are run. Ignored by `murmur run`.
