@@ -11,10 +11,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::sync::mpsc;
 
-use crate::engine::{run_test, Command, EngineOptions};
+use crate::engine::{run_test_against, Command, EngineOptions};
 use crate::plan::load_plan_with_vars;
 use crate::progress::{Progress, ProgressTarget};
 use crate::registry::Registry;
+use crate::report::baseline::Baseline;
 use crate::report::Outcome;
 
 mod cluster;
@@ -100,6 +101,10 @@ struct MasterArgs {
     /// kubelet creates it); never created.
     #[arg(long, env = "MURMUR_TERMINATION_LOG", default_value = TERMINATION_LOG)]
     termination_log: PathBuf,
+    /// An earlier run's report (report.json, or a stored report.json.gz) to compare with
+    /// and judge relative thresholds against; a file that does not exist is no baseline.
+    #[arg(long, env = "MURMUR_BASELINE", value_name = "FILE")]
+    baseline: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -138,6 +143,10 @@ struct RunArgs {
     /// shows which one failed.
     #[arg(long, value_name = "FILE")]
     junit: Option<PathBuf>,
+    /// Compare with an earlier run's report.json (each step beside it in the summary and
+    /// report.html) and judge relative thresholds (`maxIncrease`) against it.
+    #[arg(long, value_name = "OLD.json")]
+    baseline: Option<PathBuf>,
     /// Worker threads (default: one per core).
     #[arg(long)]
     workers: Option<usize>,
@@ -263,6 +272,14 @@ fn run_command(args: RunArgs, registry: Registry) -> ExitCode {
             return ExitCode::from(EXIT_INVALID);
         }
     };
+    // Before the run: a baseline that cannot be read is a mistake worth minutes saved.
+    let baseline = match args.baseline.as_deref().map(Baseline::read).transpose() {
+        Ok(b) => b.map(std::sync::Arc::new),
+        Err(e) => {
+            eprintln!("error: --baseline: {e}");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
     let rt = runtime();
     rt.block_on(async move {
         // The demo target first: its address is a variable of the plan.
@@ -280,7 +297,7 @@ fn run_command(args: RunArgs, registry: Registry) -> ExitCode {
             None => None,
         };
         if args.agents > 0 {
-            return run_distributed(&args, registry, vars, duration).await;
+            return run_distributed(&args, registry, vars, duration, baseline).await;
         }
         let mut plan = match load_plan_with_vars(&args.file, &registry, &vars) {
             Ok(p) => p,
@@ -313,7 +330,8 @@ fn run_command(args: RunArgs, registry: Registry) -> ExitCode {
             std::future::pending::<()>().await;
         });
         let mut progress = Progress::new(target);
-        let report = run_test(plan, &registry, opts, rx, |r| progress.update(r)).await;
+        let report =
+            run_test_against(plan, &registry, opts, baseline, rx, |r| progress.update(r)).await;
         progress.finish();
         let report = match report {
             Ok(r) => r,
@@ -398,6 +416,7 @@ async fn run_distributed(
     registry: Registry,
     vars: crate::scenario::Vars,
     duration: Option<std::time::Duration>,
+    baseline: Option<std::sync::Arc<Baseline>>,
 ) -> ExitCode {
     let mut manifests = match crate::plan::read_manifests(&args.file) {
         Ok(m) => m,
@@ -423,6 +442,7 @@ async fn run_distributed(
         registry,
         options: crate::master::state::MasterOptions {
             agents: Some(args.agents as u64),
+            baseline,
             ..Default::default()
         },
     };
@@ -560,6 +580,19 @@ fn master_command(args: MasterArgs, registry: Registry) -> ExitCode {
         Ok(m) => m,
         Err(e) => return fatal(&args.termination_log, &e.to_string(), EXIT_INVALID),
     };
+    let baseline = match args.baseline.as_deref().map(Baseline::read_if_present) {
+        None => None,
+        Some(Ok(b)) => {
+            if b.is_none() {
+                tracing::warn!("no baseline report: relative thresholds are skipped");
+            }
+            b
+        }
+        Some(Err(e)) => {
+            let message = format!("--baseline: {e}");
+            return fatal(&args.termination_log, &message, EXIT_INVALID);
+        }
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -572,6 +605,7 @@ fn master_command(args: MasterArgs, registry: Registry) -> ExitCode {
             registry,
             options: crate::master::state::MasterOptions {
                 agents: args.agents,
+                baseline: baseline.map(std::sync::Arc::new),
                 ..Default::default()
             },
         };

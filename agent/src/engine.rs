@@ -26,6 +26,7 @@ use crate::coordinator::Coordinators;
 use crate::metrics::{Period, StepNames, WorkerMetrics};
 use crate::plan::{ScenarioPlan, TestPlan};
 use crate::registry::{DynScenario, Registry};
+use crate::report::baseline::Baseline;
 use crate::report::Report;
 use crate::scenario::{InitContext, ScenarioError, TestEnv, User, UserId, Vars};
 pub use crate::tally::{build_report, profile_name, series_point, ReportParts, Tally};
@@ -497,6 +498,8 @@ struct Run {
     overridden: bool,
     /// The open model's arrivals, when the test has them.
     arrivals: Option<ArrivalRunner>,
+    /// An earlier run to compare with.
+    baseline: Option<Arc<Baseline>>,
 }
 
 impl Run {
@@ -559,6 +562,7 @@ impl Run {
             agents: Default::default(),
             thresholds: &self.plan.thresholds,
             full,
+            baseline: self.baseline.as_deref(),
         })
     }
 }
@@ -569,6 +573,19 @@ pub async fn run_test(
     plan: TestPlan,
     registry: &Registry,
     opts: EngineOptions,
+    commands: mpsc::UnboundedReceiver<Command>,
+    on_tick: impl FnMut(&Report),
+) -> Result<Report, EngineError> {
+    run_test_against(plan, registry, opts, None, commands, on_tick).await
+}
+
+/// [`run_test`], with the reports (live and final) compared with `baseline` and the
+/// relative thresholds judged against it.
+pub async fn run_test_against(
+    plan: TestPlan,
+    registry: &Registry,
+    opts: EngineOptions,
+    baseline: Option<Arc<Baseline>>,
     mut commands: mpsc::UnboundedReceiver<Command>,
     mut on_tick: impl FnMut(&Report),
 ) -> Result<Report, EngineError> {
@@ -596,6 +613,7 @@ pub async fn run_test(
         overridden: false,
         arrivals,
         plan,
+        baseline,
     };
     tracing::info!(test = %run.plan.name, users = desired, workers = run.engine.workers(), "test started");
     let ended_by = control_loop(&mut run, &mut commands, &mut on_tick).await;

@@ -158,6 +158,8 @@ pub struct ReportParts<'a> {
     pub full: bool,
     /// `stages` or `arrivals`, when the test has that profile.
     pub profile: Option<&'static str>,
+    /// An earlier run to compare with and judge relative thresholds against.
+    pub baseline: Option<&'a crate::report::baseline::Baseline>,
 }
 
 /// Builds a report (thresholds evaluated) from its parts.
@@ -213,6 +215,7 @@ pub fn build_report(p: ReportParts<'_>) -> Report {
         total,
         steps,
         iterations: iteration_summary(p.tally, p.started_at_ms, p.full),
+        baseline: None,
         thresholds: Vec::new(),
         throttles: p.throttles,
         coordinators: p.coordinators,
@@ -220,7 +223,11 @@ pub fn build_report(p: ReportParts<'_>) -> Report {
         bucket_s: 1,
         agents: p.agents,
     };
-    report.thresholds = crate::thresholds::evaluate_all(p.thresholds, &report);
+    let baseline = p.baseline.map(|b| &b.report);
+    report.thresholds = crate::thresholds::evaluate_all(p.thresholds, &report, baseline);
+    report.baseline = p
+        .baseline
+        .map(|b| crate::report::baseline::compare(&report, b));
     if report.thresholds.iter().any(|t| !t.passed) {
         report.result = Outcome::Failed;
     }

@@ -38,7 +38,8 @@ pub struct Threshold {
 
     /// Relative bound: most the value may grow against the baseline's (`spec.baseline`,
     /// or `murmur run --baseline`), in percent, e.g. `10%`. Without a baseline the
-    /// threshold is skipped (shown as such), not failed.
+    /// threshold is skipped (shown as such), not failed. A threshold is absolute
+    /// (`max`, `min`) or relative, not both.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?%$"))]
     pub max_increase: Option<String>,

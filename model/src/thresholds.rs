@@ -192,6 +192,22 @@ impl Thresholds {
                     "is at most 100% (a value cannot shrink by more than itself)".into(),
                 ));
             }
+            if (min.is_some() || max.is_some())
+                && (max_increase.is_some() || max_decrease.is_some())
+            {
+                // One verdict each: a relative one may be skipped (no baseline), an
+                // absolute one never is.
+                return Err(err(
+                    if t.max_increase.is_some() {
+                        "maxIncrease"
+                    } else {
+                        "maxDecrease"
+                    },
+                    "a threshold is absolute (max, min) or relative to the baseline \
+                     (maxIncrease, maxDecrease), not both: write two thresholds"
+                        .into(),
+                ));
+            }
             if min.is_none() && max.is_none() && max_increase.is_none() && max_decrease.is_none() {
                 return Err(err(
                     "max",
@@ -322,6 +338,14 @@ mod tests {
                 relative("requests.rate", None, Some("150%")),
                 "spec.thresholds[0].maxDecrease",
                 "at most 100%",
+            ),
+            (
+                Threshold {
+                    max: Some("1s".into()),
+                    ..relative("latency.p99", Some("10%"), None)
+                },
+                "spec.thresholds[0].maxIncrease",
+                "not both",
             ),
         ] {
             let e = Thresholds::compile(&[th]).unwrap_err();

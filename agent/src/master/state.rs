@@ -61,6 +61,8 @@ pub struct MasterOptions {
     pub stop_grace: Duration,
     /// Agents expected (overrides `spec.agents` when set).
     pub agents: Option<u64>,
+    /// An earlier run to compare with (`--baseline`; the operator mounts `spec.baseline`).
+    pub baseline: Option<std::sync::Arc<crate::report::baseline::Baseline>>,
 }
 
 impl Default for MasterOptions {
@@ -68,6 +70,7 @@ impl Default for MasterOptions {
         MasterOptions {
             stop_grace: crate::engine::DEFAULT_STOP_GRACE,
             agents: None,
+            baseline: None,
         }
     }
 }

@@ -421,11 +421,17 @@ pub fn render_html(r: &Report) -> String {
                 escape(th.step.as_deref().unwrap_or("all")),
                 escape(&th.bound),
                 escape(&th.observed),
-                if th.passed { "ok" } else { "ko" },
-                if th.passed {
-                    "✓ passed"
+                if th.skipped.is_some() {
+                    "note"
+                } else if th.passed {
+                    "ok"
                 } else {
-                    "✗ failed"
+                    "ko"
+                },
+                match (th.passed, &th.skipped) {
+                    (_, Some(why)) => format!("– skipped: {}", escape(why)),
+                    (true, None) => "✓ passed".into(),
+                    (false, None) => "✗ failed".into(),
                 }
             );
         }
@@ -439,6 +445,9 @@ pub fn render_html(r: &Report) -> String {
         h.push_str(&step_row(&r.total, r.steps_alike()));
     }
     h.push_str("</table>");
+    if let Some(c) = &r.baseline {
+        h.push_str(&crate::report::baseline::comparison_html(c));
+    }
     let u = &r.users;
     let _ = write!(
         h,

@@ -144,13 +144,20 @@ pub fn summary_table(r: &Report) -> String {
             );
         }
     }
+    if let Some(c) = &r.baseline {
+        out.push_str(&crate::report::baseline::comparison_table(c));
+    }
     if !r.thresholds.is_empty() {
         let _ = writeln!(out, "\nthresholds:");
         for t in &r.thresholds {
             let _ = writeln!(
                 out,
                 "  {} {}{} {} (observed {})",
-                if t.passed { "✓" } else { "✗" },
+                match (t.passed, &t.skipped) {
+                    (_, Some(_)) => "–",
+                    (true, None) => "✓",
+                    (false, None) => "✗",
+                },
                 t.metric,
                 t.step
                     .as_deref()

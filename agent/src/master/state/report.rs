@@ -204,6 +204,7 @@ impl Core {
             agents,
             thresholds: &self.plan.thresholds,
             full,
+            baseline: self.opts.baseline.as_deref(),
         });
         if self.message.is_some() {
             report.result = Outcome::Failed;
