@@ -176,6 +176,9 @@ pub struct MasterStatus {
     pub latency_ms: LatencySummary,
     /// Thresholds as they stand now (final once finished).
     pub thresholds: Vec<ThresholdResult>,
+    /// Each step against the baseline, when the test has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<crate::thresholds::BaselineStatus>,
     /// Throttles.
     pub throttles: Vec<ThrottleFigures>,
     /// Coordinators.

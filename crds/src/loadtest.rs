@@ -617,6 +617,10 @@ pub struct LoadTestStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub thresholds: Vec<ThresholdResult>,
 
+    /// Each step against `spec.baseline`: its change in percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<crate::thresholds::BaselineStatus>,
+
     /// `Passed` or `Failed`, once the test has finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<TestResult>,

@@ -76,3 +76,31 @@ impl Baseline {
         }
     }
 }
+
+/// The comparison with `spec.baseline` in a test's status: each step's change in percent
+/// against the baseline (`+12.3%`, `-4.0%`, `±0%`, `new` from zero). The report has the
+/// figures themselves (`murmur report NAME`).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct BaselineStatus {
+    /// The baseline's test name.
+    pub test: String,
+    /// Each step, in the scenario's order (and `total` where the steps are alike).
+    pub steps: Vec<StepChange>,
+}
+
+/// One step against the baseline.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct StepChange {
+    /// The step.
+    pub name: String,
+    /// Change of its mean rate.
+    pub rate: String,
+    /// Change of its median latency.
+    pub p50: String,
+    /// Change of its 99th percentile.
+    pub p99: String,
+    /// Change of its errors.
+    pub errors: String,
+}

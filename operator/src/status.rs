@@ -511,6 +511,7 @@ pub fn from_master(
         }),
         latency_ms: Some(round_latency(&master.latency_ms)),
         thresholds: master.thresholds.clone(),
+        baseline: master.baseline.clone(),
         result,
         message: master.message.clone(),
         report: if finished {

@@ -181,6 +181,33 @@ pub fn rebase(report: &mut Report, baseline: &Baseline) {
     };
 }
 
+/// The comparison as a test's status carries it: changes in percent only.
+pub fn status_of(c: &Comparison) -> murmuration_crds::thresholds::BaselineStatus {
+    murmuration_crds::thresholds::BaselineStatus {
+        test: c.name.clone(),
+        steps: c
+            .steps
+            .iter()
+            .map(|s| {
+                let p = |ch: &Change| {
+                    if s.in_baseline {
+                        percent_text(ch.percent)
+                    } else {
+                        "not in baseline".into()
+                    }
+                };
+                murmuration_crds::thresholds::StepChange {
+                    name: s.name.clone(),
+                    rate: p(&s.rate),
+                    p50: p(&s.p50_ms),
+                    p99: p(&s.p99_ms),
+                    errors: p(&s.errors),
+                }
+            })
+            .collect(),
+    }
+}
+
 fn when(ms: u64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
         .to_string()

@@ -300,6 +300,10 @@ impl Core {
                     passed: t.passed,
                 })
                 .collect(),
+            baseline: report
+                .baseline
+                .as_ref()
+                .map(crate::report::baseline::status_of),
             throttles: self
                 .throttles
                 .iter()
