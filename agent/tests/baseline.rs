@@ -2,7 +2,7 @@
 //! `murmur demo-server http --delay`. A relative threshold (`maxIncrease`) fails a run
 //! whose p99 grew tenfold against its baseline, passes one against the same delay, and is
 //! skipped (not failed) without a baseline; the iteration histogram counts every
-//! iteration.
+//! iteration, on one process and on a master with two agents.
 //!
 //! The delays are far apart so that the verdicts hold on a loaded machine: the failing
 //! case compares 200 ms answers with 20 ms ones (it would pass only if the 20 ms run's p99
@@ -87,6 +87,17 @@ spec:
 
 /// `murmur run` of the manifest against `target`, writing into `out`.
 fn run(dir: &Path, out: &Path, target: &str, baseline: Option<&Path>) -> Output {
+    run_with(dir, out, target, baseline, &[])
+}
+
+/// [`run`] with more arguments.
+fn run_with(
+    dir: &Path,
+    out: &Path,
+    target: &str,
+    baseline: Option<&Path>,
+    more: &[&str],
+) -> Output {
     let manifest = manifest(dir);
     let mut args = vec![
         "run".to_owned(),
@@ -105,6 +116,7 @@ fn run(dir: &Path, out: &Path, target: &str, baseline: Option<&Path>) -> Output 
         args.push("--baseline".into());
         args.push(b.display().to_string());
     }
+    args.extend(more.iter().map(|a| a.to_string()));
     Command::new(MURMUR)
         .args(&args)
         .stdin(Stdio::null())
@@ -190,6 +202,24 @@ fn a_relative_threshold_fails_a_run_whose_p99_grew_and_passes_one_that_did_not()
         r["baseline"]["steps"][0]["rate"]["before"],
         grew_rate(&grew)
     );
+
+    // On a master and two agent processes (what the operator runs): the agents' iteration
+    // histograms merge exactly, and the master judges against the baseline it was given.
+    let spread = dir.path().join("spread");
+    let o = run_with(
+        dir.path(),
+        &spread,
+        &slow,
+        Some(&grew.join("report.json")),
+        &["--agents", "2"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let r = report(&spread);
+    assert_eq!(r["users"]["iterations"], 40);
+    assert_eq!(r["iterations"]["count"], 40, "{}", r["iterations"]);
+    assert_eq!(r["thresholds"][0]["passed"], true, "{}", r["thresholds"]);
+    assert!(r["thresholds"][0].get("skipped").is_none());
+    assert_eq!(r["baseline"]["steps"][0]["name"], "get");
 }
 
 fn grew_rate(dir: &Path) -> serde_json::Value {

@@ -617,6 +617,11 @@ pub struct LoadTestStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub thresholds: Vec<ThresholdResult>,
 
+    /// Iteration duration in milliseconds (one run of the scenario by one user, start to
+    /// end), over the whole test so far; absent before the first iteration ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iteration_ms: Option<LatencySummary>,
+
     /// Each step against `spec.baseline`: its change in percent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline: Option<crate::thresholds::BaselineStatus>,

@@ -290,6 +290,8 @@ impl Core {
                 errors: total.errors as i64,
             },
             latency_ms: latency(&total.latency_ms),
+            iteration_ms: (report.iterations.count > 0)
+                .then(|| latency(&report.iterations.duration_ms)),
             thresholds: report
                 .thresholds
                 .iter()
