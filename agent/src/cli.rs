@@ -15,6 +15,7 @@ use crate::engine::{Command, EngineOptions};
 use crate::plan::load_plan_with_vars;
 use crate::progress::{Progress, ProgressTarget};
 use crate::registry::Registry;
+use crate::report::baseline::Baseline;
 use crate::report::Outcome;
 
 mod cluster;
@@ -103,6 +104,10 @@ struct MasterArgs {
     termination_log: PathBuf,
     #[command(flatten)]
     remote_write: push::RemoteWriteArgs,
+    /// An earlier run's report (report.json, or a stored report.json.gz) to compare with
+    /// and judge relative thresholds against; a file that does not exist is no baseline.
+    #[arg(long, env = "MURMUR_BASELINE", value_name = "FILE")]
+    baseline: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -141,6 +146,10 @@ struct RunArgs {
     /// shows which one failed.
     #[arg(long, value_name = "FILE")]
     junit: Option<PathBuf>,
+    /// Compare with an earlier run's report.json (each step beside it in the summary and
+    /// report.html) and judge relative thresholds (`maxIncrease`) against it.
+    #[arg(long, value_name = "OLD.json")]
+    baseline: Option<PathBuf>,
     /// Worker threads (default: one per core).
     #[arg(long)]
     workers: Option<usize>,
@@ -268,6 +277,14 @@ fn run_command(args: RunArgs, registry: Registry) -> ExitCode {
             return ExitCode::from(EXIT_INVALID);
         }
     };
+    // Before the run: a baseline that cannot be read is a mistake worth minutes saved.
+    let baseline = match args.baseline.as_deref().map(Baseline::read).transpose() {
+        Ok(b) => b.map(std::sync::Arc::new),
+        Err(e) => {
+            eprintln!("error: --baseline: {e}");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
     let rt = runtime();
     rt.block_on(async move {
         // The demo target first: its address is a variable of the plan.
@@ -285,7 +302,7 @@ fn run_command(args: RunArgs, registry: Registry) -> ExitCode {
             None => None,
         };
         if args.agents > 0 {
-            return run_distributed(&args, registry, vars, duration).await;
+            return run_distributed(&args, registry, vars, duration, baseline).await;
         }
         let mut plan = match load_plan_with_vars(&args.file, &registry, &vars) {
             Ok(p) => p,
@@ -325,7 +342,16 @@ fn run_command(args: RunArgs, registry: Registry) -> ExitCode {
             std::future::pending::<()>().await;
         });
         let mut progress = Progress::new(target);
-        let report = push::run_local(plan, &registry, opts, rx, &mut progress, push_token).await;
+        let report = push::run_local(
+            plan,
+            &registry,
+            opts,
+            baseline,
+            rx,
+            &mut progress,
+            push_token,
+        )
+        .await;
         progress.finish();
         let report = match report {
             Ok(r) => r,
@@ -410,6 +436,7 @@ async fn run_distributed(
     registry: Registry,
     vars: crate::scenario::Vars,
     duration: Option<std::time::Duration>,
+    baseline: Option<std::sync::Arc<Baseline>>,
 ) -> ExitCode {
     let mut manifests = match crate::plan::read_manifests(&args.file) {
         Ok(m) => m,
@@ -442,6 +469,7 @@ async fn run_distributed(
         registry,
         options: crate::master::state::MasterOptions {
             agents: Some(args.agents as u64),
+            baseline,
             ..Default::default()
         },
         remote_write_token,
@@ -585,6 +613,19 @@ fn master_command(args: MasterArgs, registry: Registry) -> ExitCode {
         Ok(t) => t,
         Err(e) => return fatal(&args.termination_log, &e, EXIT_INVALID),
     };
+    let baseline = match args.baseline.as_deref().map(Baseline::read_if_present) {
+        None => None,
+        Some(Ok(b)) => {
+            if b.is_none() {
+                tracing::warn!("no baseline report: relative thresholds are skipped");
+            }
+            b
+        }
+        Some(Err(e)) => {
+            let message = format!("--baseline: {e}");
+            return fatal(&args.termination_log, &message, EXIT_INVALID);
+        }
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -597,6 +638,7 @@ fn master_command(args: MasterArgs, registry: Registry) -> ExitCode {
             registry,
             options: crate::master::state::MasterOptions {
                 agents: args.agents,
+                baseline: baseline.map(std::sync::Arc::new),
                 ..Default::default()
             },
             remote_write_token,

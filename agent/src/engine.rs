@@ -26,6 +26,7 @@ use crate::coordinator::Coordinators;
 use crate::metrics::{Period, StepNames, WorkerMetrics};
 use crate::plan::{ScenarioPlan, TestPlan};
 use crate::registry::{DynScenario, Registry};
+use crate::report::baseline::Baseline;
 use crate::report::Report;
 use crate::scenario::{InitContext, ScenarioError, TestEnv, User, UserId, Vars};
 pub use crate::tally::{build_report, profile_name, series_point, ReportParts, Tally};
@@ -498,6 +499,8 @@ struct Run {
     overridden: bool,
     /// The open model's arrivals, when the test has them.
     arrivals: Option<ArrivalRunner>,
+    /// An earlier run to compare with.
+    baseline: Option<Arc<Baseline>>,
 }
 
 impl Run {
@@ -564,6 +567,7 @@ impl Run {
             agents: Default::default(),
             thresholds: &self.plan.thresholds,
             full,
+            baseline: self.baseline.as_deref(),
         })
     }
 }
@@ -575,9 +579,22 @@ pub async fn run_test(
     registry: &Registry,
     opts: EngineOptions,
     commands: mpsc::UnboundedReceiver<Command>,
+    on_tick: impl FnMut(&Report),
+) -> Result<Report, EngineError> {
+    run_test_against(plan, registry, opts, None, commands, on_tick).await
+}
+
+/// [`run_test`], with the reports (live and final) compared with `baseline` and the
+/// relative thresholds judged against it.
+pub async fn run_test_against(
+    plan: TestPlan,
+    registry: &Registry,
+    opts: EngineOptions,
+    baseline: Option<Arc<Baseline>>,
+    commands: mpsc::UnboundedReceiver<Command>,
     mut on_tick: impl FnMut(&Report),
 ) -> Result<Report, EngineError> {
-    run_test_observed(plan, registry, opts, commands, |tick| {
+    run_test_observed(plan, registry, opts, baseline, commands, |tick| {
         if !tick.finished {
             on_tick(tick.report)
         }
@@ -596,12 +613,13 @@ pub struct Tick<'a> {
     pub finished: bool,
 }
 
-/// [`run_test`], with an observer that also sees the figures behind each report and the
-/// final one (`murmur run`'s remote-write push).
+/// [`run_test_against`], with an observer that also sees the figures behind each report
+/// and the final one (`murmur run`'s remote-write push).
 pub async fn run_test_observed(
     plan: TestPlan,
     registry: &Registry,
     opts: EngineOptions,
+    baseline: Option<Arc<Baseline>>,
     mut commands: mpsc::UnboundedReceiver<Command>,
     mut on_tick: impl FnMut(Tick<'_>),
 ) -> Result<Report, EngineError> {
@@ -629,6 +647,7 @@ pub async fn run_test_observed(
         overridden: false,
         arrivals,
         plan,
+        baseline,
     };
     tracing::info!(test = %run.plan.name, users = desired, workers = run.engine.workers(), "test started");
     let ended_by = control_loop(&mut run, &mut commands, &mut on_tick).await;

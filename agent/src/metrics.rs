@@ -185,6 +185,67 @@ impl UserEvents {
     }
 }
 
+/// Iterations a period keeps as samples for the plot of each iteration's duration
+/// against its start: the first ones to end in the period (on one worker, and again after
+/// merging), so that a period's memory is bounded whatever the rate of iterations.
+pub const ITERATION_SAMPLES_PER_PERIOD: usize = 16;
+
+/// One iteration, sampled: when it started and how long it took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IterationSample {
+    /// When it started, milliseconds since the Unix epoch (agents' clocks agree on it).
+    pub start_ms: u64,
+    /// How long it took, microseconds.
+    pub us: u64,
+}
+
+/// Iterations of one period: the duration of every one (one run of the scenario by one
+/// user, start to end) and a few samples of when they started.
+#[derive(Debug, Clone)]
+pub struct IterationStats {
+    /// Duration of every completed iteration, microseconds (clamped at an hour).
+    pub durations: Histogram<u64>,
+    /// At most [`ITERATION_SAMPLES_PER_PERIOD`] of them, with their start.
+    pub samples: Vec<IterationSample>,
+}
+
+impl Default for IterationStats {
+    fn default() -> Self {
+        IterationStats {
+            durations: new_histogram(),
+            samples: Vec::new(),
+        }
+    }
+}
+
+impl IterationStats {
+    /// Records an iteration that started at `started` and ends now.
+    pub fn record(&mut self, started: std::time::Instant) {
+        let took = started.elapsed();
+        self.durations.saturating_record(clamp_us(took));
+        if self.samples.len() < ITERATION_SAMPLES_PER_PERIOD {
+            // Wall-clock start, for agents' samples to share one time axis.
+            let end_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            self.samples.push(IterationSample {
+                start_ms: end_ms.saturating_sub(took.as_millis() as u64),
+                us: clamp_us(took),
+            });
+        }
+    }
+
+    /// Adds another period's iterations (samples up to the period's bound).
+    pub fn merge(&mut self, other: &IterationStats) {
+        // Same bounds on both sides: adding cannot fail.
+        let _ = self.durations.add(&other.durations);
+        let room = ITERATION_SAMPLES_PER_PERIOD.saturating_sub(self.samples.len());
+        self.samples
+            .extend(other.samples.iter().take(room).copied());
+    }
+}
+
 /// Everything measured during one period (on one worker, or merged).
 #[derive(Debug, Clone, Default)]
 pub struct Period {
@@ -192,6 +253,8 @@ pub struct Period {
     pub steps: Vec<StepStats>,
     /// User lifecycle counters.
     pub users: UserEvents,
+    /// Iteration durations (their count is `users.iterations`).
+    pub iterations: IterationStats,
 }
 
 impl Period {
@@ -211,6 +274,7 @@ impl Period {
             self.step_mut(StepId(i as u32)).merge(s);
         }
         self.users.merge(&other.users);
+        self.iterations.merge(&other.iterations);
     }
 
     /// All steps merged into one.
@@ -254,6 +318,15 @@ impl WorkerMetrics {
     #[inline]
     pub fn user_event(&self, f: impl FnOnce(&mut UserEvents)) {
         f(&mut self.current.lock().users)
+    }
+
+    /// Counts one completed iteration of a user, which started at `started`: one lock per
+    /// iteration, never per request.
+    #[inline]
+    pub fn iteration_done(&self, started: std::time::Instant) {
+        let mut cur = self.current.lock();
+        cur.users.iterations += 1;
+        cur.iterations.record(started);
     }
 
     /// Takes what was recorded since the last call, leaving an empty period behind.

@@ -2,13 +2,67 @@
 //! 1 s series, the peak of users) and the report built from it, with its thresholds
 //! evaluated. The local controller and the master both build reports here.
 
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
 use crate::coordinator::Coordinators;
-use crate::metrics::{encode_histogram, errors_by_kind, Percentiles, Period, StepStats};
+use crate::metrics::{
+    encode_histogram, errors_by_kind, IterationSample, Percentiles, Period, StepStats,
+};
 use crate::report::{
-    CoordinatorSummary, Outcome, Report, SeriesPoint, StepSummary, ThrottleSummary, UserSummary,
-    REPORT_FORMAT,
+    CoordinatorSummary, IterationSummary, Outcome, Report, SeriesPoint, StepSummary,
+    ThrottleSummary, UserSummary, REPORT_FORMAT,
 };
 use crate::throttle::Throttles;
+
+/// Most iterations a report keeps for the plot of each one's duration against its start.
+pub const REPORT_ITERATION_SAMPLES: usize = 1000;
+
+/// A uniform sample of a test's iterations, of bounded size: reservoir sampling
+/// (Vitter's algorithm R) over the samples the periods carry (the first few to end in each
+/// second on each worker, [`crate::metrics::ITERATION_SAMPLES_PER_PERIOD`]), so that a
+/// test of a day keeps as many points as one of a minute, spread over its whole length.
+#[derive(Debug, Clone)]
+pub struct IterationReservoir {
+    seen: u64,
+    kept: Vec<IterationSample>,
+    rng: SmallRng,
+}
+
+impl Default for IterationReservoir {
+    fn default() -> Self {
+        IterationReservoir {
+            seen: 0,
+            kept: Vec::new(),
+            // Fixed seed: the same run keeps the same points.
+            rng: SmallRng::seed_from_u64(0x6d75_726d),
+        }
+    }
+}
+
+impl IterationReservoir {
+    /// Offers samples: each of all those offered so far is kept with the same chance.
+    pub fn offer(&mut self, samples: &[IterationSample]) {
+        for s in samples {
+            self.seen += 1;
+            if self.kept.len() < REPORT_ITERATION_SAMPLES {
+                self.kept.push(*s);
+            } else {
+                let j = self.rng.random_range(0..self.seen);
+                if (j as usize) < REPORT_ITERATION_SAMPLES {
+                    self.kept[j as usize] = *s;
+                }
+            }
+        }
+    }
+
+    /// The samples kept, by start.
+    pub fn samples(&self) -> Vec<IterationSample> {
+        let mut v = self.kept.clone();
+        v.sort_by_key(|s| s.start_ms);
+        v
+    }
+}
 
 /// The figures of a test so far: totals by step, the 1 s series, the peak of users.
 #[derive(Debug, Clone, Default)]
@@ -21,12 +75,15 @@ pub struct Tally {
     pub series: Vec<SeriesPoint>,
     /// Most users running at once.
     pub peak: u64,
+    /// Iterations sampled over the whole test.
+    pub sampled: IterationReservoir,
 }
 
 impl Tally {
     /// Adds the figures of the period that ended at `t` seconds, with `users` running.
     pub fn add(&mut self, t: f64, users: u64, period: &Period) {
         self.peak = self.peak.max(users);
+        self.sampled.offer(&period.iterations.samples);
         self.series.push(series_point(
             t,
             self.series.last().map(|p| p.t).unwrap_or(0.0),
@@ -101,6 +158,8 @@ pub struct ReportParts<'a> {
     pub full: bool,
     /// `stages` or `arrivals`, when the test has that profile.
     pub profile: Option<&'static str>,
+    /// An earlier run to compare with and judge relative thresholds against.
+    pub baseline: Option<&'a crate::report::baseline::Baseline>,
 }
 
 /// Builds a report (thresholds evaluated) from its parts.
@@ -155,6 +214,8 @@ pub fn build_report(p: ReportParts<'_>) -> Report {
         },
         total,
         steps,
+        iterations: iteration_summary(p.tally, p.started_at_ms, p.full),
+        baseline: None,
         thresholds: Vec::new(),
         throttles: p.throttles,
         coordinators: p.coordinators,
@@ -162,11 +223,41 @@ pub fn build_report(p: ReportParts<'_>) -> Report {
         bucket_s: 1,
         agents: p.agents,
     };
-    report.thresholds = crate::thresholds::evaluate_all(p.thresholds, &report);
+    let baseline = p.baseline.map(|b| &b.report);
+    report.thresholds = crate::thresholds::evaluate_all(p.thresholds, &report, baseline);
+    report.baseline = p
+        .baseline
+        .map(|b| crate::report::baseline::compare(&report, b));
     if report.thresholds.iter().any(|t| !t.passed) {
         report.result = Outcome::Failed;
     }
     report
+}
+
+/// The iterations' figures: their count, duration percentiles, the exact histogram
+/// (`full`) and the sampled points, their start in seconds since the test's.
+fn iteration_summary(tally: &Tally, started_at_ms: u64, full: bool) -> IterationSummary {
+    let h = &tally.totals.iterations.durations;
+    IterationSummary {
+        count: h.len(),
+        duration_ms: Percentiles::of(h),
+        histogram: if full {
+            encode_histogram(h)
+        } else {
+            String::new()
+        },
+        samples: tally
+            .sampled
+            .samples()
+            .iter()
+            .map(|s| {
+                [
+                    s.start_ms.saturating_sub(started_at_ms) as f64 / 1000.0,
+                    s.us as f64 / 1000.0,
+                ]
+            })
+            .collect(),
+    }
 }
 
 pub(crate) fn throttle_summaries(throttles: &Throttles) -> Vec<ThrottleSummary> {

@@ -139,6 +139,8 @@ impl UserRun {
                 {
                     break;
                 }
+                // The iteration's duration: one clock read at each end, per iteration.
+                let began = std::time::Instant::now();
                 if let Err(e) = bound.scenario.start(&mut user, &bound.state).await {
                     if !matches!(e, ScenarioError::User { .. }) {
                         tracing::warn!(user = user.id(), "user stopped: {e}");
@@ -147,7 +149,7 @@ impl UserRun {
                     }
                 }
                 user.set_iteration(iteration + 1);
-                guard.run.ctx.metrics.user_event(|u| u.iterations += 1);
+                guard.run.ctx.metrics.iteration_done(began);
                 if !repeat.interval.is_zero() && repeat.times.is_none_or(|t| iteration + 1 < t) {
                     // While paused, a graceful stop aborts the user (see `stop_slot`); coming
                     // back, it resumes only if nobody asked it to stop meanwhile. Boxed: only

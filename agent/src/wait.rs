@@ -194,6 +194,7 @@ fn status_view(lt: &LoadTest, errors: &mut ErrorRate) -> Report {
                 .unwrap_or_default(),
             observed: t.observed.clone(),
             passed: t.passed,
+            ..Default::default()
         })
         .collect();
     let total = StepSummary {
@@ -262,6 +263,8 @@ fn status_view(lt: &LoadTest, errors: &mut ErrorRate) -> Report {
         },
         total,
         steps: Vec::new(),
+        iterations: Default::default(),
+        baseline: None,
         thresholds,
         throttles: Vec::new(),
         coordinators: Vec::new(),

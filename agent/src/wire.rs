@@ -21,7 +21,10 @@ use murmuration_crds::api;
 use murmuration_crds::{CoordinatorSpec, ThrottleSpec};
 
 use crate::coordinator::Member;
-use crate::metrics::{decode_histogram, encode_histogram, Period, StepId, StepStats, UserEvents};
+use crate::metrics::{
+    decode_histogram, encode_histogram, IterationSample, IterationStats, Period, StepId, StepStats,
+    UserEvents,
+};
 use crate::scenario::UserId;
 
 /// Largest frame either side accepts (a `hello` with a long series is the largest).
@@ -162,6 +165,20 @@ pub struct WirePeriod {
     pub steps: Vec<WireStep>,
     /// User lifecycle counters.
     pub users: UserEvents,
+    /// Iteration durations, when an iteration ended in the period (absent from agents
+    /// older than the iteration histogram).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iterations: Option<WireIterations>,
+}
+
+/// A period's iterations on the wire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireIterations {
+    /// Their durations ([`encode_histogram`]).
+    pub durations: String,
+    /// A few of them, with their start.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub samples: Vec<IterationSample>,
 }
 
 impl WirePeriod {
@@ -186,6 +203,10 @@ impl WirePeriod {
                 })
                 .collect(),
             users: period.users,
+            iterations: (!period.iterations.durations.is_empty()).then(|| WireIterations {
+                durations: encode_histogram(&period.iterations.durations),
+                samples: period.iterations.samples.clone(),
+            }),
         }
     }
 
@@ -194,7 +215,22 @@ impl WirePeriod {
         let mut period = Period {
             steps: Vec::new(),
             users: self.users,
+            iterations: IterationStats::default(),
         };
+        if let Some(it) = &self.iterations {
+            let durations = decode_histogram(&it.durations)?;
+            period
+                .iterations
+                .durations
+                .add(&durations)
+                .map_err(|e| format!("iteration histogram: {e:?}"))?;
+            period.iterations.samples = it
+                .samples
+                .iter()
+                .take(crate::metrics::ITERATION_SAMPLES_PER_PERIOD)
+                .copied()
+                .collect();
+        }
         for s in &self.steps {
             let i = match names.iter().position(|n| *n == s.name) {
                 Some(i) => i,
@@ -462,6 +498,27 @@ mod tests {
             q.steps[1].latency.value_at_quantile(0.99),
             p.steps[1].latency.value_at_quantile(0.99)
         );
+        assert!(q.iterations.durations.is_empty() && wire.iterations.is_none());
+    }
+
+    #[test]
+    fn iterations_cross_the_wire_with_their_samples() {
+        let mut p = Period::default();
+        let began = std::time::Instant::now() - Duration::from_millis(30);
+        for _ in 0..40 {
+            p.users.iterations += 1;
+            p.iterations.record(began);
+        }
+        let json = serde_json::to_string(&WirePeriod::encode(&p, &[])).unwrap();
+        let back: WirePeriod = serde_json::from_str(&json).unwrap();
+        let q = back.decode(&mut Vec::new()).unwrap();
+        assert_eq!(q.iterations.durations.len(), 40);
+        assert_eq!(q.users.iterations, 40);
+        assert_eq!(
+            q.iterations.samples.len(),
+            crate::metrics::ITERATION_SAMPLES_PER_PERIOD
+        );
+        assert!(q.iterations.samples.iter().all(|s| s.us >= 30_000));
     }
 
     #[tokio::test]

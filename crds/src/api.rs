@@ -174,8 +174,14 @@ pub struct MasterStatus {
     pub requests: RequestCounts,
     /// Latency over the whole test, from the merged histograms.
     pub latency_ms: LatencySummary,
+    /// Iteration duration (one run of the scenario by one user) over the whole test.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iteration_ms: Option<LatencySummary>,
     /// Thresholds as they stand now (final once finished).
     pub thresholds: Vec<ThresholdResult>,
+    /// Each step against the baseline, when the test has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<crate::thresholds::BaselineStatus>,
     /// Throttles.
     pub throttles: Vec<ThrottleFigures>,
     /// Coordinators.

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod profile;
 pub mod report;
 pub mod schema;
+pub mod thresholds;
 pub mod throttle;
 pub mod units;
 pub mod websocket;

@@ -12,6 +12,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::schema::{any_value, optional_duration_string, rate_string};
+pub use crate::thresholds::{Baseline, Threshold};
 
 mod cleanup;
 pub use cleanup::{CleanupPolicy, CleanupWhen};
@@ -121,6 +122,12 @@ pub struct LoadTestSpec {
     /// result `Failed`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub thresholds: Vec<Threshold>,
+
+    /// The report of an earlier run to compare with: each step's rate, p50/p99 and errors
+    /// beside it in the report and status, and what relative thresholds
+    /// (`maxIncrease`, `maxDecrease`) are measured against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<Baseline>,
 
     /// How agent pods are run (image, resources, scheduling). Ignored by `murmur run`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -512,33 +519,6 @@ pub struct CustomScenario {
     pub config: Option<serde_json::Value>,
 }
 
-/// A pass/fail criterion.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Threshold {
-    /// What is measured: `latency.p50`, `latency.p90`, `latency.p95`, `latency.p99`,
-    /// `latency.p999`, `latency.max`, `latency.mean`, `errors.ratio`, `errors.count`,
-    /// `requests.count` or `requests.rate` (per second).
-    // The model's list of metrics (`murmuration_model::thresholds::METRICS`), as a pattern;
-    // a test of the model checks that the two agree.
-    #[schemars(regex(
-        pattern = r"^(latency\.p50|latency\.p90|latency\.p95|latency\.p99|latency\.p999|latency\.max|latency\.mean|errors\.ratio|errors\.count|requests\.count|requests\.rate)$"
-    ))]
-    pub metric: String,
-
-    /// Only this step (its request name); default: all steps together.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub step: Option<String>,
-
-    /// Upper bound: a duration for latencies (`500ms`), a number for the others (`"0.01"`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max: Option<String>,
-
-    /// Lower bound, same units as `max` (e.g. `requests.rate` at least `"1000"`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub min: Option<String>,
-}
-
 /// How agent pods are run. Ignored by `murmur run`.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -616,6 +596,15 @@ pub struct LoadTestStatus {
     /// Each threshold with its observed value.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub thresholds: Vec<ThresholdResult>,
+
+    /// Iteration duration in milliseconds (one run of the scenario by one user, start to
+    /// end), over the whole test so far; absent before the first iteration ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iteration_ms: Option<LatencySummary>,
+
+    /// Each step against `spec.baseline`: its change in percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<crate::thresholds::BaselineStatus>,
 
     /// `Passed` or `Failed`, once the test has finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]

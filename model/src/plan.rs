@@ -183,6 +183,10 @@ pub fn build_plan(
     let scenario = scenario(spec, &vars, throttles, coordinators, custom)?;
     let thresholds = Thresholds::compile(&spec.thresholds)
         .map_err(|e| FieldError::new(e.field.clone(), e.reason.clone()))?;
+    if let Some(b) = &spec.baseline {
+        crate::thresholds::check_baseline(b)
+            .map_err(|e| FieldError::new(e.field.clone(), e.reason.clone()))?;
+    }
     let step_names = match &scenario {
         ScenarioPlan::Http(h) => Some(h.step_names()),
         ScenarioPlan::WebSocket(w) => Some(w.step_names()),

@@ -77,6 +77,43 @@ pub struct Compiled {
     pub min: Option<f64>,
     /// Upper bound (milliseconds for latencies).
     pub max: Option<f64>,
+    /// Most growth against the baseline, percent.
+    pub max_increase: Option<f64>,
+    /// Most shrinkage against the baseline, percent.
+    pub max_decrease: Option<f64>,
+}
+
+impl Compiled {
+    /// Whether it is measured against a baseline (`maxIncrease`, `maxDecrease`).
+    pub fn is_relative(&self) -> bool {
+        self.max_increase.is_some() || self.max_decrease.is_some()
+    }
+}
+
+/// Parses a change in percent as relative thresholds write it (`10%`, `2.5%`): the rule
+/// the CRD schema's [`murmuration_crds::thresholds::PERCENT_PATTERN`] writes as a pattern.
+pub fn parse_percent(v: &str) -> Result<f64, String> {
+    let example = "a percentage such as 10% or 2.5%";
+    let digits = v
+        .strip_suffix('%')
+        .ok_or_else(|| format!("{v:?} is not {example}"))?;
+    let well_formed = match digits.split_once('.') {
+        Some((a, b)) => {
+            !a.is_empty()
+                && !b.is_empty()
+                && a.bytes().all(|c| c.is_ascii_digit())
+                && b.bytes().all(|c| c.is_ascii_digit())
+        }
+        None => !digits.is_empty() && digits.bytes().all(|c| c.is_ascii_digit()),
+    };
+    if !well_formed {
+        return Err(format!("{v:?} is not {example}"));
+    }
+    digits
+        .parse::<f64>()
+        .ok()
+        .filter(|n| n.is_finite())
+        .ok_or_else(|| format!("{v:?} is not {example}"))
 }
 
 /// The compiled thresholds of a test.
@@ -142,8 +179,42 @@ impl Thresholds {
             };
             let min = bound("min", &t.min)?;
             let max = bound("max", &t.max)?;
-            if min.is_none() && max.is_none() {
-                return Err(err("max", "a threshold needs max or min".into()));
+            let percent = |f: &str, v: &Option<String>| -> Result<Option<f64>, ThresholdError> {
+                v.as_deref()
+                    .map(|v| parse_percent(v.trim()).map_err(|e| err(f, e)))
+                    .transpose()
+            };
+            let max_increase = percent("maxIncrease", &t.max_increase)?;
+            let max_decrease = percent("maxDecrease", &t.max_decrease)?;
+            if max_decrease.is_some_and(|d| d > 100.0) {
+                return Err(err(
+                    "maxDecrease",
+                    "is at most 100% (a value cannot shrink by more than itself)".into(),
+                ));
+            }
+            if (min.is_some() || max.is_some())
+                && (max_increase.is_some() || max_decrease.is_some())
+            {
+                // One verdict each: a relative one may be skipped (no baseline), an
+                // absolute one never is.
+                return Err(err(
+                    if t.max_increase.is_some() {
+                        "maxIncrease"
+                    } else {
+                        "maxDecrease"
+                    },
+                    "a threshold is absolute (max, min) or relative to the baseline \
+                     (maxIncrease, maxDecrease), not both: write two thresholds"
+                        .into(),
+                ));
+            }
+            if min.is_none() && max.is_none() && max_increase.is_none() && max_decrease.is_none() {
+                return Err(err(
+                    "max",
+                    "a threshold needs max or min, or maxIncrease or maxDecrease against a \
+                     baseline (e.g. {metric: latency.p99, step: buy, maxIncrease: 10%})"
+                        .into(),
+                ));
             }
             if let (Some(a), Some(b)) = (min, max) {
                 if a > b {
@@ -155,6 +226,8 @@ impl Thresholds {
                 metric,
                 min,
                 max,
+                max_increase,
+                max_decrease,
             });
         }
         Ok(Thresholds { items })
@@ -182,6 +255,39 @@ impl Thresholds {
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
+
+    /// Whether any threshold is measured against a baseline.
+    pub fn any_relative(&self) -> bool {
+        self.items.iter().any(Compiled::is_relative)
+    }
+}
+
+/// Checks `spec.baseline`: exactly one of `report` and `configMap`, each a name.
+pub fn check_baseline(b: &murmuration_crds::loadtest::Baseline) -> Result<(), ThresholdError> {
+    let err = |field: &str, reason: &str| ThresholdError {
+        field: format!("spec.baseline.{field}"),
+        reason: reason.into(),
+    };
+    match (&b.report, &b.config_map) {
+        (Some(_), Some(_)) => Err(err(
+            "configMap",
+            "give report (an earlier LoadTest) or configMap (a stored report), not both",
+        )),
+        (None, None) => Err(err(
+            "report",
+            "name an earlier LoadTest (report: shop-monday) or a ConfigMap holding a stored \
+             report (configMap: shop-reference)",
+        )),
+        (Some(n), None) | (None, Some(n)) if n.trim().is_empty() => Err(err(
+            if b.report.is_some() {
+                "report"
+            } else {
+                "configMap"
+            },
+            "is empty",
+        )),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -194,7 +300,106 @@ mod tests {
             step: step.map(Into::into),
             max: max.map(Into::into),
             min: min.map(Into::into),
+            ..Threshold::default()
         }
+    }
+
+    fn relative(metric: &str, increase: Option<&str>, decrease: Option<&str>) -> Threshold {
+        Threshold {
+            metric: metric.into(),
+            max_increase: increase.map(Into::into),
+            max_decrease: decrease.map(Into::into),
+            ..Threshold::default()
+        }
+    }
+
+    #[test]
+    fn relative_thresholds_compile_and_bad_ones_name_the_field() {
+        let ok = Thresholds::compile(&[
+            relative("latency.p99", Some("10%"), None),
+            relative("requests.rate", None, Some("2.5%")),
+        ])
+        .unwrap();
+        assert_eq!(ok.items[0].max_increase, Some(10.0));
+        assert_eq!(ok.items[1].max_decrease, Some(2.5));
+        assert!(ok.any_relative() && ok.items[0].is_relative());
+        for (th, field, reason) in [
+            (
+                relative("latency.p99", Some("10"), None),
+                "spec.thresholds[0].maxIncrease",
+                "a percentage such as 10%",
+            ),
+            (
+                relative("latency.p99", Some("-5%"), None),
+                "spec.thresholds[0].maxIncrease",
+                "a percentage",
+            ),
+            (
+                relative("requests.rate", None, Some("150%")),
+                "spec.thresholds[0].maxDecrease",
+                "at most 100%",
+            ),
+            (
+                Threshold {
+                    max: Some("1s".into()),
+                    ..relative("latency.p99", Some("10%"), None)
+                },
+                "spec.thresholds[0].maxIncrease",
+                "not both",
+            ),
+        ] {
+            let e = Thresholds::compile(&[th]).unwrap_err();
+            assert_eq!(e.field, field);
+            assert!(e.reason.contains(reason), "{e}");
+        }
+    }
+
+    /// The CRD's pattern for percentages and the parser accept the same strings.
+    #[test]
+    fn the_percent_pattern_and_parser_agree() {
+        use murmuration_crds::thresholds::PERCENT_PATTERN;
+        let (_, crd) = murmuration_crds::crd::all()
+            .into_iter()
+            .find(|(f, _)| f.starts_with("loadtests"))
+            .unwrap();
+        let crd = serde_json::to_value(crd).unwrap();
+        let props = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            ["properties"]["thresholds"]["items"]["properties"];
+        for f in ["maxIncrease", "maxDecrease"] {
+            assert_eq!(props[f]["pattern"], PERCENT_PATTERN, "{f}");
+        }
+        // PERCENT_PATTERN is ^[0-9]+(\.[0-9]+)?%$; the parser says yes to exactly these.
+        for good in ["10%", "0%", "2.5%", "100.25%"] {
+            assert!(parse_percent(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "10", "%", ".5%", "5.%", "-5%", "1e3%", "10 %", "10%%", "+5%",
+        ] {
+            assert!(parse_percent(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_baseline_names_exactly_one_report() {
+        use murmuration_crds::loadtest::Baseline;
+        let b = |r: Option<&str>, c: Option<&str>| Baseline {
+            report: r.map(Into::into),
+            config_map: c.map(Into::into),
+        };
+        assert!(check_baseline(&b(Some("shop-monday"), None)).is_ok());
+        assert!(check_baseline(&b(None, Some("reference"))).is_ok());
+        assert_eq!(
+            check_baseline(&b(Some("a"), Some("b"))).unwrap_err().field,
+            "spec.baseline.configMap"
+        );
+        assert_eq!(
+            check_baseline(&b(None, None)).unwrap_err().field,
+            "spec.baseline.report"
+        );
+        assert_eq!(
+            b(Some("shop"), None).configmap().as_deref(),
+            Some("shop-report")
+        );
     }
 
     #[test]

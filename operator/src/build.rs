@@ -8,9 +8,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
-    SeccompProfile, Secret, SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, Secret, SecretKeySelector, SecurityContext, Service,
+    ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -224,6 +225,26 @@ pub fn master_pod(
         .labels
         .get_or_insert_with(BTreeMap::new)
         .extend(names::component_labels(&test, "master"));
+    let mut env = vec![
+        field_env("POD_IP", "status.podIP"),
+        // The `namespace` label of the master's metrics.
+        field_env("POD_NAMESPACE", "metadata.namespace"),
+        token_env(lt),
+        value_env("MURMUR_TEST", manifests),
+        value_env("MURMUR_LOG", &settings.log),
+        value_env("MURMUR_TERMINATION_LOG", TERMINATION_LOG),
+    ];
+    env.extend(remote_write_token_env(lt));
+    let (volumes, mounts) = match baseline_volume(lt) {
+        Some((volume, mount)) => {
+            env.push(value_env(
+                "MURMUR_BASELINE",
+                &format!("{BASELINE_DIR}/{}", murmuration_crds::report::KEY),
+            ));
+            (Some(vec![volume]), Some(vec![mount]))
+        }
+        None => (None, None),
+    };
     k8s_openapi::api::core::v1::Pod {
         metadata,
         spec: Some(PodSpec {
@@ -251,20 +272,8 @@ pub fn master_pod(
                     "--listen".into(),
                     format!("$(POD_IP):{MASTER_PORT}"),
                 ]),
-                env: Some(
-                    [
-                        field_env("POD_IP", "status.podIP"),
-                        // The `namespace` label of the master's metrics.
-                        field_env("POD_NAMESPACE", "metadata.namespace"),
-                        token_env(lt),
-                        value_env("MURMUR_TEST", manifests),
-                        value_env("MURMUR_LOG", &settings.log),
-                        value_env("MURMUR_TERMINATION_LOG", TERMINATION_LOG),
-                    ]
-                    .into_iter()
-                    .chain(remote_write_token_env(lt))
-                    .collect(),
-                ),
+                env: Some(env),
+                volume_mounts: mounts,
                 termination_message_path: Some(TERMINATION_LOG.into()),
                 // A master that dies before it could write its error still says why: the
                 // tail of its log becomes the message.
@@ -290,10 +299,38 @@ pub fn master_pod(
                 security_context: Some(hardened_container()),
                 ..Container::default()
             }],
+            volumes,
             ..PodSpec::default()
         }),
         ..Default::default()
     }
+}
+
+/// Where the master finds the baseline's report (`spec.baseline`).
+pub const BASELINE_DIR: &str = "/etc/murmuration/baseline";
+
+/// The ConfigMap of `spec.baseline` as the master's volume, read-only. Optional: a
+/// baseline not stored (yet) must not keep the pod from starting; the master then has no
+/// baseline and skips the relative thresholds, saying so.
+fn baseline_volume(lt: &LoadTest) -> Option<(Volume, VolumeMount)> {
+    let name = lt.spec.baseline.as_ref()?.configmap()?;
+    Some((
+        Volume {
+            name: "baseline".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: name.clone(),
+                optional: Some(true),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        VolumeMount {
+            name: "baseline".into(),
+            mount_path: BASELINE_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+    ))
 }
 
 /// The master's Service: agents and the operator reach the master by its name.
@@ -436,4 +473,60 @@ pub fn needs_apply<K: Resource>(desired: &K, cached: Option<&K>) -> bool {
             .and_then(|a| a.get(APPLIED_HASH).cloned())
     };
     cached.is_none_or(|c| hash(c) != hash(desired) || hash(c).is_none())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn test(baseline: &str) -> LoadTest {
+        serde_saphyr::from_str(&format!(
+            "apiVersion: murmuration.dev/v1alpha1\nkind: LoadTest\nmetadata: {{name: shop, namespace: team, uid: 0b5e6f1c-1111-4222-8333-944455556666}}\nspec:\n  users: 1\n  scenario: {{http: {{baseUrl: 'http://x', steps: [{{request: {{path: /}}}}]}}}}\n{baseline}"
+        ))
+        .unwrap()
+    }
+
+    fn settings() -> PodSettings {
+        PodSettings {
+            image: "murmuration/agent:test".into(),
+            log: "info".into(),
+        }
+    }
+
+    /// `spec.baseline` becomes the master's optional, read-only volume and the file its
+    /// `MURMUR_BASELINE` names; without one the pod has neither.
+    #[test]
+    fn the_baseline_report_is_mounted_into_the_master() {
+        for (spec, configmap) in [
+            ("  baseline: {report: shop-monday}\n", "shop-monday-report"),
+            ("  baseline: {configMap: reference}\n", "reference"),
+        ] {
+            let pod = master_pod(&test(spec), "", &settings());
+            let pod = pod.spec.unwrap();
+            let volume = &pod.volumes.as_ref().unwrap()[0];
+            let source = volume.config_map.as_ref().unwrap();
+            assert_eq!(source.name, configmap);
+            assert_eq!(source.optional, Some(true));
+            let c = &pod.containers[0];
+            let mount = &c.volume_mounts.as_ref().unwrap()[0];
+            assert_eq!(
+                (mount.name.as_str(), mount.read_only),
+                (volume.name.as_str(), Some(true))
+            );
+            let env = c.env.as_ref().unwrap();
+            let file = env.iter().find(|e| e.name == "MURMUR_BASELINE").unwrap();
+            assert_eq!(
+                file.value.as_deref(),
+                Some(format!("{}/{}", mount.mount_path, murmuration_crds::report::KEY).as_str())
+            );
+        }
+        let pod = master_pod(&test(""), "", &settings()).spec.unwrap();
+        assert!(pod.volumes.is_none() && pod.containers[0].volume_mounts.is_none());
+        assert!(!pod.containers[0]
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|e| e.name == "MURMUR_BASELINE"));
+    }
 }

@@ -511,7 +511,9 @@ pub fn from_master(
             ..master.requests.clone()
         }),
         latency_ms: Some(round_latency(&master.latency_ms)),
+        iteration_ms: master.iteration_ms.as_ref().map(round_latency),
         thresholds: master.thresholds.clone(),
+        baseline: master.baseline.clone(),
         result,
         message: master.message.clone(),
         report: if finished {

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use super::{conclude, progress_target, runtime, EXIT_FAILED, EXIT_INVALID};
 use crate::progress::Progress;
+use crate::report::baseline::Baseline;
 
 #[derive(clap::Args, Debug)]
 pub(super) struct WaitArgs {
@@ -45,17 +46,33 @@ pub(super) struct ReportArgs {
     /// Also write the thresholds as JUnit XML, one test case per threshold.
     #[arg(long, value_name = "FILE")]
     pub(super) junit: Option<PathBuf>,
+    /// Compare with an earlier run's report.json: each step beside it in the summary
+    /// (printed) and report.html, relative thresholds judged against it, and the exit
+    /// code of `murmur run` (0 passed, 1 failed).
+    #[arg(long, value_name = "OLD.json")]
+    pub(super) baseline: Option<PathBuf>,
 }
 
 pub(super) fn report_command(args: ReportArgs) -> ExitCode {
+    let baseline = match args.baseline.as_deref().map(Baseline::read).transpose() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: --baseline: {e}");
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
     runtime().block_on(async move {
         match crate::report::stored::write_stored_report(
             &args.name,
             args.namespace.as_deref(),
             &args.out,
+            baseline.as_ref(),
         )
         .await
         {
+            Ok((report, _)) if baseline.is_some() => {
+                conclude(&report, Some(&args.out), args.junit.as_deref())
+            }
             Ok((report, mut paths)) => {
                 if let Some(f) = &args.junit {
                     if let Err(e) = crate::report::junit::write_junit(f, &report) {

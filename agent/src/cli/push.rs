@@ -12,6 +12,7 @@ use crate::master::metrics::Scrape;
 use crate::master::remote_write::{RemoteWriteConfig, RemoteWriter, Source};
 use crate::progress::Progress;
 use crate::registry::Registry;
+use crate::report::baseline::Baseline;
 use crate::report::Report;
 use murmuration_model::remote_write::RemoteWritePlan;
 use murmuration_model::TestPlan;
@@ -79,13 +80,16 @@ pub(super) async fn run_local(
     plan: TestPlan,
     registry: &Registry,
     opts: EngineOptions,
+    baseline: Option<Arc<Baseline>>,
     commands: mpsc::UnboundedReceiver<Command>,
     progress: &mut Progress,
     token: Option<String>,
 ) -> Result<Report, EngineError> {
     let Some(push) = plan.remote_write.clone() else {
-        return crate::engine::run_test(plan, registry, opts, commands, |r| progress.update(r))
-            .await;
+        return crate::engine::run_test_against(plan, registry, opts, baseline, commands, |r| {
+            progress.update(r)
+        })
+        .await;
     };
     // The latest figures, which the sampler takes at its own pace.
     let latest: Arc<parking_lot::Mutex<Option<Scrape>>> = Default::default();
@@ -110,7 +114,7 @@ pub(super) async fn run_local(
         }
     };
     let mut last = None;
-    let report = run_test_observed(plan, registry, opts, commands, |tick| {
+    let report = run_test_observed(plan, registry, opts, baseline, commands, |tick| {
         let scrape = Scrape::of_local_run(tick.report, tick.tally, tick.finished);
         if tick.finished {
             last = Some(scrape);

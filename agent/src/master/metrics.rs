@@ -28,6 +28,9 @@ pub const LATENCY_BUCKETS_S: [f64; 18] = [
 /// The name of the latency histogram.
 pub const LATENCY_METRIC: &str = "murmuration_request_duration_seconds";
 
+/// The name of the iteration duration histogram (one run of the scenario by one user).
+pub const ITERATION_METRIC: &str = "murmuration_iteration_duration_seconds";
+
 /// What a scrape shows: the status, and per step its name and figures since the start.
 #[derive(Debug, Clone)]
 pub struct Scrape {
@@ -39,6 +42,8 @@ pub struct Scrape {
     pub steps: Vec<(String, StepStats)>,
     /// The remote-write pusher's own figures, when the test pushes.
     pub remote_write: Option<RemoteWriteFigures>,
+    /// Every iteration's duration since the start (microseconds).
+    pub iterations: Histogram<u64>,
 }
 
 /// The `namespace` label of the series: the operator gives its master pod its namespace
@@ -106,6 +111,8 @@ impl Scrape {
             agent_status: Vec::new(),
             requests: Default::default(),
             latency_ms: Default::default(),
+            iteration_ms: None,
+            baseline: None,
             thresholds: Vec::new(),
             throttles: report
                 .throttles
@@ -148,6 +155,7 @@ impl Scrape {
                 })
                 .collect(),
             remote_write: None,
+            iterations: tally.totals.iterations.durations.clone(),
         }
     }
 }
@@ -300,7 +308,10 @@ pub fn families(scrape: &Scrape) -> Vec<prometheus::proto::MetricFamily> {
                 .with_label_values(&[test, ns, step, kind.as_str()])
                 .inc_by(*n);
         }
-        families.push(histogram_family(test, ns, step, &st.latency));
+        families.push(histogram_family(
+            &[("namespace", ns), ("step", step), ("test", test)],
+            &st.latency,
+        ));
     }
 
     let rate = gauge(
@@ -387,18 +398,25 @@ pub fn families(scrape: &Scrape) -> Vec<prometheus::proto::MetricFamily> {
         family.set_field_type(prometheus::proto::MetricType::HISTOGRAM);
         family.set_metric(families);
         gathered.push(family);
-        gathered.sort_by(|a, b| a.name().cmp(b.name()));
     }
+    // Iterations time the whole scenario, minutes for some, on the same buckets (up to a
+    // minute; longer ones count in +Inf and the sum).
+    let mut family = prometheus::proto::MetricFamily::default();
+    family.set_name(ITERATION_METRIC.into());
+    family.set_help("Duration of an iteration: one run of the scenario by one user".into());
+    family.set_field_type(prometheus::proto::MetricType::HISTOGRAM);
+    family.set_metric(vec![histogram_family(
+        &[("namespace", ns), ("test", test)],
+        &scrape.iterations,
+    )]);
+    gathered.push(family);
+    gathered.sort_by(|a, b| a.name().cmp(b.name()));
     gathered
 }
 
-/// One step's latency as a Prometheus histogram metric.
-fn histogram_family(
-    test: &str,
-    ns: &str,
-    step: &str,
-    h: &Histogram<u64>,
-) -> prometheus::proto::Metric {
+/// A histogram (microseconds) as a Prometheus histogram metric with `labels` (sorted by
+/// name).
+fn histogram_family(labels: &[(&str, &str)], h: &Histogram<u64>) -> prometheus::proto::Metric {
     use prometheus::proto::{Bucket, LabelPair, Metric};
     let (counts, total, sum) = latency_buckets(h);
     let mut hist = prometheus::proto::Histogram::default();
@@ -418,12 +436,12 @@ fn histogram_family(
     );
     let mut m = Metric::default();
     m.set_label(
-        [("namespace", ns), ("step", step), ("test", test)]
-            .into_iter()
+        labels
+            .iter()
             .map(|(k, v)| {
                 let mut l = LabelPair::default();
-                l.set_name(k.into());
-                l.set_value(v.into());
+                l.set_name((*k).into());
+                l.set_value((*v).into());
                 l
             })
             .collect(),
@@ -458,6 +476,12 @@ mod tests {
             namespace: "team-a".into(),
             steps: vec![("buy".into(), buy), ("idle".into(), StepStats::default())],
             remote_write: None,
+            iterations: {
+                let mut h = crate::metrics::new_histogram();
+                h.record(1_500_000).unwrap();
+                h.record(90_000_000).unwrap();
+                h
+            },
         }
     }
 
@@ -518,6 +542,21 @@ mod tests {
             .and_then(|l| l.rsplit(' ').next()?.parse().ok())
             .unwrap();
         assert!((sum - 2.006).abs() < 0.01, "{sum}");
+        // Iterations: one histogram per test, a 90 s one only in +Inf.
+        has("# TYPE murmuration_iteration_duration_seconds histogram");
+        let l = r#"namespace="team-a",test="shop""#;
+        has(&format!(
+            r#"murmuration_iteration_duration_seconds_bucket{{{l},le="2.5"}} 1"#
+        ));
+        has(&format!(
+            r#"murmuration_iteration_duration_seconds_bucket{{{l},le="60"}} 1"#
+        ));
+        has(&format!(
+            r#"murmuration_iteration_duration_seconds_bucket{{{l},le="+Inf"}} 2"#
+        ));
+        has(&format!(
+            r#"murmuration_iteration_duration_seconds_count{{{l}}} 2"#
+        ));
     }
 
     #[test]

@@ -350,6 +350,7 @@ async fn books(mut core: Core, mut events: mpsc::UnboundedReceiver<Event>) {
                         namespace: namespace.clone(),
                         steps: core.step_totals(),
                         remote_write: None,
+                        iterations: core.iteration_durations(),
                     })),
                     Call::Users(n) => match core.set_users(n) {
                         Ok(()) => Answer::Status(Box::new(core.status(now))),

@@ -61,6 +61,8 @@ pub struct MasterOptions {
     pub stop_grace: Duration,
     /// Agents expected (overrides `spec.agents` when set).
     pub agents: Option<u64>,
+    /// An earlier run to compare with (`--baseline`; the operator mounts `spec.baseline`).
+    pub baseline: Option<std::sync::Arc<crate::report::baseline::Baseline>>,
 }
 
 impl Default for MasterOptions {
@@ -68,6 +70,7 @@ impl Default for MasterOptions {
         MasterOptions {
             stop_grace: crate::engine::DEFAULT_STOP_GRACE,
             agents: None,
+            baseline: None,
         }
     }
 }
@@ -191,6 +194,8 @@ pub struct Core {
     // Metrics.
     names: Vec<String>,
     totals: Period,
+    /// Iterations sampled for the report's plot.
+    sampled: crate::tally::IterationReservoir,
     /// Seconds not final yet: the merged period and users per agent.
     open: BTreeMap<i64, (Period, BTreeMap<String, u64>)>,
     /// Final seconds.
@@ -239,6 +244,7 @@ impl Core {
             coordinators: BTreeMap::new(),
             names: Vec::new(),
             totals: Period::default(),
+            sampled: Default::default(),
             open: BTreeMap::new(),
             series: BTreeMap::new(),
             peak: 0,

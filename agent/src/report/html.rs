@@ -68,7 +68,7 @@ fn thin(values: Vec<(f64, f64)>, n: usize) -> Vec<(f64, f64)> {
 }
 
 /// A nice step for about `n` ticks over `0..max`.
-fn nice_step(max: f64, n: f64) -> f64 {
+pub(crate) fn nice_step(max: f64, n: f64) -> f64 {
     let raw = (max / n).max(1e-12);
     let mag = 10f64.powf(raw.log10().floor());
     let norm = raw / mag;
@@ -84,7 +84,7 @@ fn nice_step(max: f64, n: f64) -> f64 {
     nice * mag
 }
 
-fn fmt_tick(v: f64, unit: &str) -> String {
+pub(crate) fn fmt_tick(v: f64, unit: &str) -> String {
     match unit {
         "ms" => ms(v).replace('-', "0"),
         _ if v >= 1e6 => format!("{:.1}M", v / 1e6),
@@ -389,6 +389,15 @@ pub fn render_html(r: &Report) -> String {
         r.users.peak,
         count(r.users.iterations)
     );
+    let it = &r.iterations;
+    if it.count > 0 {
+        let _ = write!(
+            h,
+            "<div class=\"cards\"><div class=\"card\"><b>{} · {}</b><span>p50 · p99 of an iteration (one run of the scenario by one user)</span></div></div>",
+            ms(it.duration_ms.p50),
+            ms(it.duration_ms.p99),
+        );
+    }
     if !r.steps_alike() {
         h.push_str("<div class=\"cards\">");
         for st in &r.steps {
@@ -412,11 +421,17 @@ pub fn render_html(r: &Report) -> String {
                 escape(th.step.as_deref().unwrap_or("all")),
                 escape(&th.bound),
                 escape(&th.observed),
-                if th.passed { "ok" } else { "ko" },
-                if th.passed {
-                    "✓ passed"
+                if th.skipped.is_some() {
+                    "note"
+                } else if th.passed {
+                    "ok"
                 } else {
-                    "✗ failed"
+                    "ko"
+                },
+                match (th.passed, &th.skipped) {
+                    (_, Some(why)) => format!("– skipped: {}", escape(why)),
+                    (true, None) => "✓ passed".into(),
+                    (false, None) => "✗ failed".into(),
                 }
             );
         }
@@ -430,6 +445,9 @@ pub fn render_html(r: &Report) -> String {
         h.push_str(&step_row(&r.total, r.steps_alike()));
     }
     h.push_str("</table>");
+    if let Some(c) = &r.baseline {
+        h.push_str(&crate::report::baseline::comparison_html(c));
+    }
     let u = &r.users;
     let _ = write!(
         h,
@@ -528,6 +546,11 @@ pub fn render_html(r: &Report) -> String {
         }],
     ));
     h.push_str(&latency_plots(r));
+    h.push_str(&crate::report::scatter::iteration_scatter(
+        "Iteration duration against its start (a sample of iterations)",
+        &r.iterations.samples,
+        s.last().map(|p| p.t).unwrap_or(0.0),
+    ));
     for (agent, points) in &r.agents {
         h.push_str(&chart(
             &format!("Agent {agent}: requests per second"),

@@ -60,12 +60,20 @@ pub fn write_reports(dir: &Path, report: &Report) -> Result<Vec<PathBuf>, Report
     Ok(vec![json, html])
 }
 
-/// Reads a `report.json`.
+/// Reads a `report.json`, or a stored report's gzip-compressed `report.json.gz` (what the
+/// operator keeps in a ConfigMap).
 pub fn read_report(path: &Path) -> Result<Report, ReportError> {
-    let text = std::fs::read(path).map_err(|source| ReportError::Io {
+    let mut text = std::fs::read(path).map_err(|source| ReportError::Io {
         path: path.to_owned(),
         source,
     })?;
+    if text.starts_with(&[0x1f, 0x8b]) {
+        text =
+            murmuration_crds::report::decompress(&text).map_err(|reason| ReportError::Format {
+                path: path.to_owned(),
+                reason,
+            })?;
+    }
     serde_json::from_slice(&text).map_err(|e| ReportError::Format {
         path: path.to_owned(),
         reason: e.to_string(),

@@ -42,12 +42,14 @@ pub fn junit_xml(r: &Report) -> String {
     struct Case {
         name: String,
         failure: Option<(String, String)>,
+        skipped: Option<String>,
     }
     let mut cases: Vec<Case> = r
         .thresholds
         .iter()
         .map(|t| Case {
             name: case_name(t),
+            skipped: t.skipped.clone(),
             failure: (!t.passed).then(|| {
                 (
                     format!("observed {}, bound {}", t.observed, t.bound),
@@ -65,6 +67,7 @@ pub fn junit_xml(r: &Report) -> String {
     if r.result == Outcome::Failed && !any_threshold_failed {
         cases.push(Case {
             name: "run".into(),
+            skipped: None,
             failure: Some((
                 format!("the test failed: ended by {}", r.ended_by),
                 format!(
@@ -77,9 +80,11 @@ pub fn junit_xml(r: &Report) -> String {
         cases.push(Case {
             name: "run".into(),
             failure: None,
+            skipped: None,
         });
     }
     let failures = cases.iter().filter(|c| c.failure.is_some()).count();
+    let skipped = cases.iter().filter(|c| c.skipped.is_some()).count();
     let class = format!("murmuration.{}", r.name);
     let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     let _ = writeln!(
@@ -90,7 +95,7 @@ pub fn junit_xml(r: &Report) -> String {
     );
     let _ = writeln!(
         x,
-        "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\" errors=\"0\" skipped=\"0\" time=\"{:.3}\" timestamp=\"{}\">",
+        "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\" errors=\"0\" skipped=\"{skipped}\" time=\"{:.3}\" timestamp=\"{}\">",
         xml_text(&r.name),
         cases.len(),
         r.duration_s,
@@ -107,9 +112,16 @@ pub fn junit_xml(r: &Report) -> String {
             xml_text(&class),
             r.duration_s
         );
-        match &c.failure {
-            None => x.push_str("/>\n"),
-            Some((message, text)) => {
+        match (&c.failure, &c.skipped) {
+            (None, Some(why)) => {
+                let _ = writeln!(
+                    x,
+                    ">\n      <skipped message=\"{}\"/>\n    </testcase>",
+                    xml_text(why)
+                );
+            }
+            (None, None) => x.push_str("/>\n"),
+            (Some((message, text)), _) => {
                 let _ = writeln!(
                     x,
                     ">\n      <failure message=\"{}\" type=\"threshold\">{}</failure>\n    </testcase>",
@@ -162,6 +174,7 @@ mod tests {
             bound: "≤ 500ms".into(),
             observed: observed.into(),
             passed,
+            ..Default::default()
         }
     }
 
@@ -225,6 +238,18 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    #[test]
+    fn a_relative_threshold_without_a_baseline_is_a_skipped_case() {
+        let mut t = threshold("latency.p99", Some("buy"), "12.0ms (no baseline)", true);
+        t.skipped = Some("no baseline".into());
+        let xml = junit_xml(&report(vec![t], Outcome::Passed));
+        let (cases, tests, failures) = parse(&xml);
+        assert_eq!((tests.as_str(), failures.as_str()), ("1", "0"));
+        assert_eq!(cases[0].1, None);
+        assert!(xml.contains("skipped=\"1\""), "{xml}");
+        assert!(xml.contains("<skipped message=\"no baseline\"/>"), "{xml}");
     }
 
     #[test]

@@ -44,6 +44,12 @@ pub struct Report {
     pub total: StepSummary,
     /// Per step, in the order the scenario names them.
     pub steps: Vec<StepSummary>,
+    /// Iterations: one run of the scenario by one user, from its start to its end.
+    #[serde(default)]
+    pub iterations: IterationSummary,
+    /// Each step beside the same step of an earlier run (`--baseline`, `spec.baseline`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<crate::report::baseline::Comparison>,
     /// Each threshold with its observed value.
     pub thresholds: Vec<ThresholdOutcome>,
     /// Throttles' final figures.
@@ -134,8 +140,26 @@ pub struct StepSummary {
     pub histogram: String,
 }
 
+/// Iterations of a whole test: how long one run of the scenario by one user took.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IterationSummary {
+    /// Iterations completed (the same as `users.iterations`).
+    pub count: u64,
+    /// Their duration in milliseconds.
+    pub duration_ms: Percentiles,
+    /// The exact duration histogram (microseconds), HdrHistogram V2+deflate, base64.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub histogram: String,
+    /// A uniform sample of at most 1,000 iterations, each `[start, duration]`: seconds
+    /// since the test's start and milliseconds. What the duration-against-start plot
+    /// draws.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub samples: Vec<[f64; 2]>,
+}
+
 /// A threshold and what was observed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ThresholdOutcome {
     /// The metric, as written (`latency.p99`).
@@ -147,8 +171,17 @@ pub struct ThresholdOutcome {
     pub bound: String,
     /// The observed value in the threshold's units (`15.2ms`, `0.003`).
     pub observed: String,
-    /// Whether it holds.
+    /// Whether it holds (a skipped threshold does not fail the run).
     pub passed: bool,
+    /// A relative bound as written (`10%`): most growth against the baseline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_increase: Option<String>,
+    /// A relative bound as written: most shrinkage against the baseline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_decrease: Option<String>,
+    /// Why a relative threshold was not judged (`no baseline`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
 }
 
 /// A throttle's final figures.
@@ -225,6 +258,11 @@ pub struct SeriesPoint {
 }
 
 impl Report {
+    /// Whether any threshold failed (a skipped one has not).
+    pub fn any_threshold_failed(&self) -> bool {
+        self.thresholds.iter().any(|t| !t.passed)
+    }
+
     /// An open model (`arrivals`): its plan is a rate of arrivals, not users.
     pub fn scenario_is_open(&self) -> bool {
         self.profile.as_deref() == Some("arrivals")

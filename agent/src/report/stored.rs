@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::Api;
 
+use crate::report::baseline::{rebase, Baseline};
 use crate::report::io::write_reports;
 use crate::report::Report;
 use murmuration_crds::report::{configmap_name, decompress, KEY};
@@ -33,12 +34,14 @@ pub enum StoredReportError {
     Write(#[from] crate::report::io::ReportError),
 }
 
-/// Reads the stored report of test `name` (in `namespace`, else the kubeconfig's) and
-/// writes `report.json` and `report.html` into `out`; returns the report and the files.
+/// Reads the stored report of test `name` (in `namespace`, else the kubeconfig's),
+/// compares it with `baseline` if given ([`rebase`]), and writes `report.json` and
+/// `report.html` into `out`; returns the report and the files.
 pub async fn write_stored_report(
     name: &str,
     namespace: Option<&str>,
     out: &Path,
+    baseline: Option<&Baseline>,
 ) -> Result<(Report, Vec<PathBuf>), StoredReportError> {
     let client = kube::Client::try_default()
         .await
@@ -46,12 +49,15 @@ pub async fn write_stored_report(
     let namespace = namespace
         .map(str::to_owned)
         .unwrap_or_else(|| client.default_namespace().to_owned());
-    let report = read_stored_report(client, name, &namespace)
+    let mut report = read_stored_report(client, name, &namespace)
         .await?
         .ok_or_else(|| StoredReportError::Missing {
             name: name.to_owned(),
             namespace: namespace.clone(),
         })?;
+    if let Some(b) = baseline {
+        rebase(&mut report, b);
+    }
     let paths = write_reports(out, &report)?;
     Ok((report, paths))
 }

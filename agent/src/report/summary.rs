@@ -108,6 +108,18 @@ pub fn summary_table(r: &Report) -> String {
             String::new()
         }
     );
+    let it = &r.iterations;
+    if it.count > 0 {
+        let d = &it.duration_ms;
+        let _ = writeln!(
+            out,
+            "iteration (one run of the scenario by one user): p50 {}, p90 {}, p99 {}, max {}\n",
+            ms(d.p50),
+            ms(d.p90),
+            ms(d.p99),
+            ms(d.max)
+        );
+    }
     if u.dropped > 0 || r.scenario_is_open() {
         let _ = writeln!(
             out,
@@ -132,13 +144,20 @@ pub fn summary_table(r: &Report) -> String {
             );
         }
     }
+    if let Some(c) = &r.baseline {
+        out.push_str(&crate::report::baseline::comparison_table(c));
+    }
     if !r.thresholds.is_empty() {
         let _ = writeln!(out, "\nthresholds:");
         for t in &r.thresholds {
             let _ = writeln!(
                 out,
                 "  {} {}{} {} (observed {})",
-                if t.passed { "✓" } else { "✗" },
+                match (t.passed, &t.skipped) {
+                    (_, Some(_)) => "–",
+                    (true, None) => "✓",
+                    (false, None) => "✗",
+                },
                 t.metric,
                 t.step
                     .as_deref()

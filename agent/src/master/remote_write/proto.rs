@@ -208,6 +208,7 @@ mod tests {
             namespace: "team-a".into(),
             steps: vec![("home".into(), home)],
             remote_write: Some(Default::default()),
+            iterations: crate::metrics::new_histogram(),
         }
     }
 

@@ -52,6 +52,7 @@ impl Core {
         e.1 += total.requests;
         e.2 += total.error_total();
         self.totals.merge(&period);
+        self.sampled.offer(&period.iterations.samples);
         if let Some(done) = self.series.get_mut(&s) {
             // A late second (an agent that was away): counters stay exact, percentiles
             // keep what the others measured.
@@ -110,6 +111,11 @@ impl Core {
             .collect()
     }
 
+    /// Every iteration's duration since the start (what `/metrics` shows).
+    pub fn iteration_durations(&self) -> hdrhistogram::Histogram<u64> {
+        self.totals.iterations.durations.clone()
+    }
+
     /// The report so far (`full`: with histograms).
     pub fn build(&self, full: bool, now: Instant) -> Report {
         let elapsed = self
@@ -144,6 +150,7 @@ impl Core {
             totals: self.totals.clone(),
             series,
             peak: self.peak.max(self.owner.len() as u64),
+            sampled: self.sampled.clone(),
         };
         let agents = self
             .agents
@@ -199,6 +206,7 @@ impl Core {
             agents,
             thresholds: &self.plan.thresholds,
             full,
+            baseline: self.opts.baseline.as_deref(),
         });
         if self.message.is_some() {
             report.result = Outcome::Failed;
@@ -284,6 +292,8 @@ impl Core {
                 errors: total.errors as i64,
             },
             latency_ms: latency(&total.latency_ms),
+            iteration_ms: (report.iterations.count > 0)
+                .then(|| latency(&report.iterations.duration_ms)),
             thresholds: report
                 .thresholds
                 .iter()
@@ -294,6 +304,10 @@ impl Core {
                     passed: t.passed,
                 })
                 .collect(),
+            baseline: report
+                .baseline
+                .as_ref()
+                .map(crate::report::baseline::status_of),
             throttles: self
                 .throttles
                 .iter()

@@ -97,6 +97,8 @@ pub(super) async fn prepare(
     } else {
         (binary, args)
     };
+    let (mut args, mut env) = (args, env);
+    super::volumes::mount_config_maps(ctx, &pod, c, &mut args, &mut env).await?;
     let cwd = ctx.dir.join(&c.name);
     let _ = std::fs::create_dir_all(&cwd);
     Ok((program, args, env, cwd))

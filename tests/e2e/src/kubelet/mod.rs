@@ -33,6 +33,9 @@
 //! nothing listens ([`crate::ipalloc::NO_ENDPOINTS_IP`]), so a connection is refused at
 //! once and nothing ever dials a cluster IP or asks a DNS server.
 //!
+//! ConfigMap volumes are emulated the same way (see `volumes`): the keys written into a
+//! directory of the pod's, references to the mount path pointed at it.
+//!
 //! A container's termination message comes, as from a kubelet, from the file at its
 //! `terminationMessagePath` (a per-pod file the process is given at that path, see
 //! `TerminationLog`) or, with `FallbackToLogsOnError`, from the tail of its log; it is in
@@ -47,6 +50,7 @@ mod env;
 mod node;
 mod pod;
 mod probes;
+mod volumes;
 
 use container::*;
 pub use env::expand;

@@ -26,6 +26,9 @@
 //!   kubectl's wait sees reason Failed; a master that never answers fails its test with the
 //!   pod's state; a master that exits at start fails it within the grace with its own
 //!   message;
+//! - [`baseline`]: `spec.baseline` names an earlier test's stored report; a relative
+//!   threshold fails a test against it, with each step's change in status, and a baseline
+//!   not stored skips it without blocking the pods;
 //! - [`lifecycle`]: `cleanup.policy: Never` keeps the pods and the TTL takes the test;
 //!   twenty tests at once (the operator's memory);
 //! - [`resilience`]: the operator killed (SIGKILL) three times while its test is scaled
@@ -35,6 +38,7 @@
 //!
 //! Which users run where is read from each agent pod's own `/users` endpoint.
 
+mod baseline;
 mod examples;
 mod failures;
 mod invalid;
@@ -87,6 +91,11 @@ async fn the_operator_runs_scales_and_cleans_up_load_tests() -> Result<()> {
     step(
         "failed threshold in CI",
         failures::failed_threshold_in_ci(&c),
+    )
+    .await?;
+    step(
+        "relative to an earlier test",
+        baseline::relative_to_an_earlier_test(&c),
     )
     .await?;
     step("master never answers", failures::master_never_answers(&c)).await?;
