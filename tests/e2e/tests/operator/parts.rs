@@ -54,9 +54,14 @@ spec:
     manifests::apply_yaml(admin, &throttled, NS).await?;
     let throttles: Api<Throttle> = Api::namespaced(admin.clone(), NS);
     wait_users("20 paced users", tests, kubelet, "paced", 1, 20).await?;
-    // The rate from the Throttle's status: sampled often, measured between two moments
-    // when the status had just been written (it is refreshed every 2 s).
-    let rate_over = |secs: u64| {
+    // What the Throttle's status says was executed, sampled often, between the first and
+    // the last change seen: (requests, seconds between the two observations). Each
+    // figure was true at some moment up to a status period (2 s) and a write before it was
+    // seen, so the true span of those requests may be longer than the observed one by
+    // that much, and not shorter than it by more than that: bounds hold with that slack.
+    // (The exact "never over the limit" is the agent tests' job, on the throttles' grant
+    // logs; here the figures only have to reach the status and follow the edit.)
+    let executed_over = |secs: u64| {
         let throttles = throttles.clone();
         async move {
             let mut changes: Vec<(Instant, i64)> = Vec::new();
@@ -73,9 +78,10 @@ spec:
             // The first sample may be stale: measure from the first change on.
             let (t0, v0) = *changes.get(1)?;
             let (t1, v1) = *changes.last()?;
-            (t1 > t0).then(|| (v1 - v0) as f64 / (t1 - t0).as_secs_f64())
+            (t1 > t0).then(|| ((v1 - v0) as f64, (t1 - t0).as_secs_f64()))
         }
     };
+    let status_lag = scaled(Duration::from_millis(2500)).as_secs_f64();
     // The status follows within 2 s: measure over windows long enough for that.
     let reconciles = || {
         metric(
@@ -103,7 +109,8 @@ spec:
     };
     let (r0, w0, t0) = (reconciles().unwrap(), writes().unwrap(), Instant::now());
     let a0 = applies().unwrap();
-    let fast = rate_over(9).await.expect("throttle status");
+    let (fast_n, fast_s) = executed_over(9).await.expect("throttle status");
+    let fast = fast_n / fast_s;
     // The operator's own writes of the Throttle's live figures do not make it reconcile
     // again: one steady test costs a reconcile and a status write every 2 s, not a loop.
     let secs = t0.elapsed().as_secs_f64();
@@ -139,16 +146,25 @@ spec:
         },
     )
     .await?;
-    let slow = rate_over(9).await.expect("throttle status");
+    let (slow_n, slow_s) = executed_over(9).await.expect("throttle status");
+    let slow = slow_n / slow_s;
     eprintln!("operator: throttle 100/s measured {fast:.1}/s; edited to 20/s measured {slow:.1}/s");
-    // Never over the limit (but for measurement error: the status is sampled every 100 ms
-    // over 9 s); under it only as far as a loaded machine might be slow, and clearly
-    // above the edited limit, so that the edit shows.
+    // Within the limit, with the status lag as slack (see `executed_over`); above a floor
+    // that any machine reaches (it runs at all); and clearly apart, so that the edit shows.
     assert!(
-        (30.0..=105.0).contains(&fast),
-        "{fast}/s at a limit of 100/s"
+        fast_n <= 100.0 * (fast_s + status_lag),
+        "{fast_n} executed in {fast_s:.1} s of status at a limit of 100/s"
     );
-    assert!((1.0..=22.0).contains(&slow), "{slow}/s at a limit of 20/s");
+    assert!(
+        slow_n <= 20.0 * (slow_s + status_lag),
+        "{slow_n} executed in {slow_s:.1} s of status at a limit of 20/s"
+    );
+    assert!(fast >= 30.0, "{fast}/s at a limit of 100/s");
+    assert!(slow >= 1.0, "{slow}/s at a limit of 20/s");
+    assert!(
+        slow_n / (slow_s + status_lag) < fast_n / (fast_s + status_lag),
+        "the edit to 20/s does not show: {slow:.1}/s after, {fast:.1}/s before"
+    );
     // The Coordinator's live figures: users paired across the test, in its status.
     let coordinators: Api<Coordinator> = Api::namespaced(admin.clone(), NS);
     let groups = poll_until(
