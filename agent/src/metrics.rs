@@ -218,10 +218,43 @@ impl Default for IterationStats {
     }
 }
 
+/// When an iteration started, in 8 bytes where an `Instant` takes 16: nanoseconds since a
+/// point fixed when the process first asks. Every user keeps one across the steps of its
+/// iteration, so it counts in the memory of every sleeping user.
+#[derive(Debug, Clone, Copy)]
+pub struct IterationStart(u64);
+
+fn iteration_epoch() -> std::time::Instant {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
+}
+
+impl IterationStart {
+    /// Now.
+    #[inline]
+    pub fn now() -> IterationStart {
+        // 2^64 ns is 584 years: the conversion cannot truncate within a process's life.
+        IterationStart(iteration_epoch().elapsed().as_nanos() as u64)
+    }
+
+    /// Time since then.
+    #[inline]
+    pub fn elapsed(self) -> Duration {
+        iteration_epoch()
+            .elapsed()
+            .saturating_sub(Duration::from_nanos(self.0))
+    }
+}
+
 impl IterationStats {
     /// Records an iteration that started at `started` and ends now.
-    pub fn record(&mut self, started: std::time::Instant) {
-        let took = started.elapsed();
+    #[inline]
+    pub fn record(&mut self, started: IterationStart) {
+        self.record_took(started.elapsed())
+    }
+
+    /// Records an iteration that took `took` and ends now.
+    pub fn record_took(&mut self, took: Duration) {
         self.durations.saturating_record(clamp_us(took));
         if self.samples.len() < ITERATION_SAMPLES_PER_PERIOD {
             // Wall-clock start, for agents' samples to share one time axis.
@@ -323,7 +356,7 @@ impl WorkerMetrics {
     /// Counts one completed iteration of a user, which started at `started`: one lock per
     /// iteration, never per request.
     #[inline]
-    pub fn iteration_done(&self, started: std::time::Instant) {
+    pub fn iteration_done(&self, started: IterationStart) {
         let mut cur = self.current.lock();
         cur.users.iterations += 1;
         cur.iterations.record(started);
