@@ -156,6 +156,20 @@ http {{
         wait_port(self.port)
         self.url = f"http://127.0.0.1:{self.port}/"
 
+    def cpu_s(self):
+        """CPU seconds (user+sys) nginx's processes have used so far: read before and after
+        a tool's run, it says what each request cost the target, which is what decides req/s
+        when the target is the bottleneck."""
+        tick = os.sysconf("SC_CLK_TCK")
+        pids = [self.proc.pid]
+        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+            pids += [int(c) for c in (task / "children").read_text().split()]
+        total = 0
+        for pid in pids:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+        return total / tick
+
     def stop(self):
         self.proc.terminate()
         self.proc.wait(10)
@@ -363,7 +377,9 @@ def bench_throughput(args, tools, results):
                 load = os.getloadavg()[0]
                 for tool, run in runners:
                     log(f"  round {rnd}, {target_name}: {tool}")
+                    target_before = target.cpu_s()
                     m = run(target.url)
+                    m["target_cpu_per_100k"] = (target.cpu_s() - target_before) / max(m["requests"], 1) * 100_000
                     if m["failed"]:
                         raise RuntimeError(f"{tool} saw {m['failed']} failed requests against {target_name}: "
                                            "the figures would compare failures")
@@ -372,16 +388,17 @@ def bench_throughput(args, tools, results):
         for _, t in targets:
             t.stop()
     print(f"\n## Throughput and CPU per request ({conns} connections, {secs} s, nginx with 1 worker)")
-    print("CPU = user+sys of the tool's own processes; ratios to wrk -t1 in the same round and target")
+    print("CPU = user+sys of the tool's own processes; ratios to wrk -t1 in the same round and target;")
+    print("nginx = nginx's CPU per 100k requests of that run (at ~1 s per second, nginx is the bottleneck)")
     print(f"{'target':<18} {'rnd':>3} {'tool':<20} {'req/s':>9} {'CPU s/100k':>10} "
-          f"{'req/s / wrk':>11} {'CPU / wrk':>9}")
+          f"{'req/s / wrk':>11} {'CPU / wrk':>9} {'nginx s/100k':>12}")
     for r in rows:
         base = next(b for b in rows if b["round"] == r["round"] and b["target"] == r["target"]
                     and b["tool"] == "wrk -t1")
         r["rate_vs_wrk1"] = r["rate"] / base["rate"]
         r["cpu_vs_wrk1"] = r["cpu_per_100k"] / base["cpu_per_100k"]
         print(f"{r['target']:<18} {r['round']:>3} {r['tool']:<20} {r['rate']:>9.0f} {r['cpu_per_100k']:>10.2f} "
-              f"{r['rate_vs_wrk1']:>11.2f} {r['cpu_vs_wrk1']:>9.2f}")
+              f"{r['rate_vs_wrk1']:>11.2f} {r['cpu_vs_wrk1']:>9.2f} {r['target_cpu_per_100k']:>12.2f}")
     results["throughput"] = rows
 
 
